@@ -1,0 +1,241 @@
+package config
+
+import (
+	"log/slog"
+	"path/filepath"
+)
+
+// Storage types.
+const (
+	StorageBolt       = "bbolt"
+	StoragePostgreSQL = "postgresql"
+)
+
+// Provisioner types.
+const (
+	TypeWorkerAttestation = "worker-attestation"
+	TypeACME              = "acme"
+)
+
+// ACME challenge types accepted in Provisioner.Challenges.
+const (
+	ChallengeHTTP01    = "http-01"
+	ChallengeTLSALPN01 = "tls-alpn-01"
+	ChallengeDNS01     = "dns-01"
+)
+
+// Config is the whole operator configuration of one crank-ca instance.
+//
+// Field comments give the default ApplyDefaults fills in; see Validate for
+// the rules.
+type Config struct {
+	// Listen is the host:port the CA's HTTPS server binds. Default
+	// "127.0.0.1:9090": loopback-only until an operator opts into exposure.
+	Listen string `json:"listen"`
+	// DNSNames are the names in the server's own TLS certificate; clients
+	// must reach the CA by one of them. Default ["localhost"].
+	DNSNames []string `json:"dnsNames"`
+	// TrustDomain is the SPIFFE trust domain and the base of default worker
+	// DNS names. Default "crank.internal".
+	TrustDomain string  `json:"trustDomain"`
+	PKI         PKI     `json:"pki"`
+	Storage     Storage `json:"storage"`
+	// TokenKeyFile holds the HMAC secret that signs join tokens and EAB
+	// credentials. Default "secrets/token.key".
+	TokenKeyFile string    `json:"tokenKeyFile"`
+	Retention    Retention `json:"retention"`
+	Log          Log       `json:"log"`
+	// Provisioners decide who may obtain which certificates. At least one is
+	// required; names are unique.
+	Provisioners []Provisioner `json:"provisioners"`
+
+	// Dir is the directory of the loaded file. Relative paths in the file
+	// resolve against it (see Resolve) so a configuration directory can be
+	// moved or mounted anywhere without editing it.
+	Dir string `json:"-"`
+}
+
+// PKI locates the CA's key material. Paths may be relative to Config.Dir.
+type PKI struct {
+	RootCert         string `json:"rootCert"`         // default "pki/root.crt"
+	IntermediateCert string `json:"intermediateCert"` // default "pki/intermediate.crt"
+	IntermediateKey  string `json:"intermediateKey"`  // default "pki/intermediate.key"
+	// ServerCertLifetime is the lifetime of the CA server's own TLS
+	// certificate, which it renews itself. Default 24h; at least 5m so
+	// renewal does not spin.
+	ServerCertLifetime Duration `json:"serverCertLifetime"`
+}
+
+// Storage selects the database behind the CA (certificates, ACME accounts,
+// orders). Its DSN may hold a password: String, GoString and LogValue redact
+// it.
+type Storage struct {
+	// Type is "bbolt" (default; a single local file) or "postgresql".
+	Type string `json:"type"`
+	// Path is the bbolt file. Default "db/crank-ca.db"; must be empty for
+	// postgresql.
+	Path string `json:"path,omitempty"`
+	// DSN is required for postgresql, either as a URL
+	// ("postgresql://user:pass@host:5432/db?sslmode=verify-full") or in
+	// libpq key=value form. Must be empty for bbolt.
+	DSN string `json:"dsn,omitempty"`
+	// MaxOpenConns bounds the PostgreSQL connection pool. Default 16 for
+	// postgresql; must be unset for bbolt.
+	MaxOpenConns int `json:"maxOpenConns,omitempty"`
+}
+
+// Retention controls the cleanup of data that is no longer needed.
+type Retention struct {
+	// ExpiredCertificates is how long data of expired certificates and
+	// orders is kept after expiry, for audit and debugging. Default 24h.
+	ExpiredCertificates Duration `json:"expiredCertificates"`
+	// Interval is how often the cleanup runs. Default 1h; at least 1m so
+	// cleanup cannot hammer the database.
+	Interval Duration `json:"interval"`
+}
+
+// Log configures the process logger.
+type Log struct {
+	Level  string `json:"level"`  // debug|info|warn|error; default info
+	Format string `json:"format"` // json|text; default text
+}
+
+// Claims bound the lifetime of certificates a provisioner issues. They must
+// satisfy 0 < MinCertDuration <= DefaultCertDuration <= MaxCertDuration.
+// Defaults depend on the provisioner type: worker-attestation 5m/24h/168h
+// (short-lived, renewed by the agent), acme 5m/24h/2160h (ACME clients
+// commonly ask for up to 90 days).
+type Claims struct {
+	MinCertDuration     Duration `json:"minCertDuration"`
+	DefaultCertDuration Duration `json:"defaultCertDuration"`
+	MaxCertDuration     Duration `json:"maxCertDuration"`
+}
+
+// Provisioner is one way of obtaining certificates. Some fields apply to one
+// type only; setting them on the other type is an error rather than being
+// ignored, because an ignored policy is a silent security bug.
+type Provisioner struct {
+	// Name is unique, [a-z0-9-]{1,63}; it appears in URLs.
+	Name string `json:"name"`
+	// Type is "worker-attestation" or "acme".
+	Type   string `json:"type"`
+	Claims Claims `json:"claims"`
+
+	// Worker-attestation only. Workers, Identities or both are required.
+	Workers    *WorkerPattern   `json:"workers,omitempty"`
+	Identities []WorkerIdentity `json:"identities,omitempty"`
+	// JoinTokens defaults to 1h/24h when absent.
+	JoinTokens *JoinTokens `json:"joinTokens,omitempty"`
+
+	// ACME only.
+
+	// Challenges is a subset of http-01, tls-alpn-01, dns-01 without
+	// duplicates. Default all three.
+	Challenges []string `json:"challenges,omitempty"`
+	// RequireEAB makes new ACME accounts present External Account Binding
+	// credentials issued by crank-ca.
+	RequireEAB bool `json:"requireEAB,omitempty"`
+	// Policy limits the identifiers that may be ordered. It must allow
+	// something: an ACME provisioner without a policy is rejected rather
+	// than silently issuing for any name.
+	Policy *NamePolicy `json:"policy,omitempty"`
+	// ValidationPorts is for development and tests only.
+	ValidationPorts *ValidationPorts `json:"validationPorts,omitempty"`
+}
+
+// WorkerPattern admits a family of workers by name and derives their
+// certificate names from templates.
+type WorkerPattern struct {
+	// Pattern is a Go regexp over worker names, implicitly anchored
+	// (^(?:pattern)$) so "web-[0-9]+" cannot match "evil-web-1-x".
+	Pattern string `json:"pattern"`
+	// DNSTemplates may use the placeholders {worker} and {trustDomain}.
+	DNSTemplates []string `json:"dnsTemplates"`
+	IPs          []string `json:"ips,omitempty"`
+	// SPIFFEIDTemplate may use {worker} and {trustDomain}. Default
+	// "spiffe://{trustDomain}/worker/{worker}".
+	SPIFFEIDTemplate string `json:"spiffeIDTemplate"`
+}
+
+// WorkerIdentity is one explicitly configured worker with fixed names.
+type WorkerIdentity struct {
+	// Name is a DNS label: [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?.
+	Name     string   `json:"name"`
+	DNSNames []string `json:"dnsNames,omitempty"`
+	IPs      []string `json:"ips,omitempty"`
+	SPIFFEID string   `json:"spiffeID,omitempty"`
+}
+
+// JoinTokens bounds the lifetime of join tokens operators mint for workers.
+type JoinTokens struct {
+	DefaultTTL Duration `json:"defaultTTL"` // default 1h
+	MaxTTL     Duration `json:"maxTTL"`     // default 24h; >= DefaultTTL
+}
+
+// NamePolicy limits the identifiers an ACME provisioner issues for.
+type NamePolicy struct {
+	// AllowedDNSSuffixes: a name is allowed if it equals a suffix (without
+	// its optional leading dot) or ends with "." + suffix. So "internal"
+	// and ".internal" both allow "internal" and "a.b.internal" but not
+	// "xinternal".
+	AllowedDNSSuffixes []string `json:"allowedDNSSuffixes,omitempty"`
+	// AllowAnyDNS allows every DNS name; it cannot be combined with
+	// AllowedDNSSuffixes, which would then be meaningless.
+	AllowAnyDNS bool `json:"allowAnyDNS,omitempty"`
+	// AllowedIPRanges are CIDRs in canonical form (no host bits set).
+	AllowedIPRanges []string `json:"allowedIPRanges,omitempty"`
+}
+
+// Standard ACME validation ports, used when ValidationPorts is absent.
+const (
+	DefaultHTTP01Port    = 80
+	DefaultTLSALPN01Port = 443
+)
+
+// ValidationPorts moves the ports the CA dials to validate challenges.
+// DEVELOPMENT AND TESTS ONLY: real ACME clients answer on 80 and 443.
+type ValidationPorts struct {
+	HTTP01    int `json:"http01,omitempty"`    // default 80
+	TLSALPN01 int `json:"tlsalpn01,omitempty"` // default 443
+}
+
+// Resolve returns p resolved against the directory of the loaded file.
+// Absolute paths, the empty string and paths in a Config without Dir are
+// returned unchanged.
+func (c *Config) Resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.Dir == "" {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
+}
+
+// Provisioner returns the provisioner with the given name. The pointer
+// refers into c.Provisioners.
+func (c *Config) Provisioner(name string) (*Provisioner, bool) {
+	for i := range c.Provisioners {
+		if c.Provisioners[i].Name == name {
+			return &c.Provisioners[i], true
+		}
+	}
+	return nil, false
+}
+
+// LogValue makes slog.Any("config", cfg) safe and readable: it summarizes
+// the configuration with the storage DSN redacted (a JSON log handler would
+// otherwise marshal the DSN verbatim). It has a value receiver so that
+// logging a Config value is as safe as logging a *Config.
+func (c Config) LogValue() slog.Value {
+	names := make([]string, 0, len(c.Provisioners))
+	for _, p := range c.Provisioners {
+		names = append(names, p.Name+"("+p.Type+")")
+	}
+	return slog.GroupValue(
+		slog.String("dir", c.Dir),
+		slog.String("listen", c.Listen),
+		slog.Any("dnsNames", c.DNSNames),
+		slog.String("trustDomain", c.TrustDomain),
+		slog.Any("storage", c.Storage),
+		slog.String("logLevel", c.Log.Level),
+		slog.Any("provisioners", names),
+	)
+}

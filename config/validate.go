@@ -1,0 +1,423 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Minimums that keep periodic work from spinning.
+const (
+	MinServerCertLifetime = 5 * time.Minute
+	MinRetentionInterval  = time.Minute
+)
+
+// problems collects FieldErrors so Validate can report all of them.
+type problems []error
+
+func (ps *problems) addf(path, format string, args ...any) {
+	*ps = append(*ps, &FieldError{Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+// Validate checks the configuration after ApplyDefaults and returns every
+// problem joined with errors.Join, each a *FieldError naming the JSON path
+// of the field. It is purely static: it reads no files, so a configuration
+// can be validated before its key material exists.
+func (c *Config) Validate() error {
+	var ps problems
+	c.validateServer(&ps)
+	c.validateStorage(&ps)
+	for i := range c.Provisioners {
+		c.Provisioners[i].validate(&ps, fmt.Sprintf("provisioners[%d]", i))
+	}
+	if len(c.Provisioners) == 0 {
+		ps.addf("provisioners", "at least one provisioner is required")
+	}
+	seen := make(map[string]int)
+	for i, p := range c.Provisioners {
+		if j, dup := seen[p.Name]; dup && p.Name != "" {
+			ps.addf(fmt.Sprintf("provisioners[%d].name", i), "duplicate name %q (also provisioners[%d])", p.Name, j)
+			continue
+		}
+		seen[p.Name] = i
+	}
+	return errors.Join(ps...)
+}
+
+func (c *Config) validateServer(ps *problems) {
+	if err := checkHostPort(c.Listen); err != nil {
+		ps.addf("listen", "%v", err)
+	}
+	if len(c.DNSNames) == 0 {
+		ps.addf("dnsNames", "at least one name is required")
+	}
+	checkNames(ps, "dnsNames", c.DNSNames)
+	if err := checkTrustDomain(c.TrustDomain); err != nil {
+		ps.addf("trustDomain", "%v", err)
+	}
+	requirePath(ps, "pki.rootCert", c.PKI.RootCert)
+	requirePath(ps, "pki.intermediateCert", c.PKI.IntermediateCert)
+	requirePath(ps, "pki.intermediateKey", c.PKI.IntermediateKey)
+	if c.PKI.ServerCertLifetime.Duration < MinServerCertLifetime {
+		ps.addf("pki.serverCertLifetime", "must be at least %v", MinServerCertLifetime)
+	}
+	requirePath(ps, "tokenKeyFile", c.TokenKeyFile)
+	if c.Retention.ExpiredCertificates.Duration < 0 {
+		ps.addf("retention.expiredCertificates", "must not be negative")
+	}
+	if c.Retention.Interval.Duration < MinRetentionInterval {
+		ps.addf("retention.interval", "must be at least %v", MinRetentionInterval)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		ps.addf("log.level", "must be one of debug, info, warn, error; got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		ps.addf("log.format", "must be json or text; got %q", c.Log.Format)
+	}
+}
+
+func (c *Config) validateStorage(ps *problems) {
+	s := c.Storage
+	switch s.Type {
+	case StorageBolt:
+		requirePath(ps, "storage.path", s.Path)
+		if s.DSN != "" {
+			ps.addf("storage.dsn", "only valid for storage type %q", StoragePostgreSQL)
+		}
+		if s.MaxOpenConns != 0 {
+			ps.addf("storage.maxOpenConns", "only valid for storage type %q", StoragePostgreSQL)
+		}
+	case StoragePostgreSQL:
+		if s.Path != "" {
+			ps.addf("storage.path", "only valid for storage type %q", StorageBolt)
+		}
+		if s.DSN == "" {
+			ps.addf("storage.dsn", "required for storage type %q", StoragePostgreSQL)
+		} else if err := checkDSN(s.DSN); err != nil {
+			ps.addf("storage.dsn", "%v", err)
+		}
+		if s.MaxOpenConns < 1 {
+			ps.addf("storage.maxOpenConns", "must be at least 1")
+		}
+	default:
+		ps.addf("storage.type", "must be %q or %q; got %q", StorageBolt, StoragePostgreSQL, s.Type)
+	}
+}
+
+func (p *Provisioner) validate(ps *problems, path string) {
+	if !isProvisionerName(p.Name) {
+		ps.addf(path+".name", "must be 1-63 characters of a-z, 0-9 and '-'; got %q", p.Name)
+	}
+	switch p.Type {
+	case TypeWorkerAttestation:
+		p.validateWorker(ps, path)
+	case TypeACME:
+		p.validateACME(ps, path)
+	default:
+		// Type-specific rules (and claims defaults) are unknown, so
+		// checking further would only produce noise.
+		ps.addf(path+".type", "must be %q or %q; got %q", TypeWorkerAttestation, TypeACME, p.Type)
+		return
+	}
+	cl := p.Claims
+	switch {
+	case cl.MinCertDuration.Duration <= 0:
+		ps.addf(path+".claims.minCertDuration", "must be > 0")
+	case cl.DefaultCertDuration.Duration < cl.MinCertDuration.Duration:
+		ps.addf(path+".claims.defaultCertDuration", "must be >= minCertDuration (%v)", cl.MinCertDuration.Duration)
+	}
+	if cl.MaxCertDuration.Duration < cl.DefaultCertDuration.Duration {
+		ps.addf(path+".claims.maxCertDuration", "must be >= defaultCertDuration (%v)", cl.DefaultCertDuration.Duration)
+	}
+}
+
+func (p *Provisioner) validateWorker(ps *problems, path string) {
+	onlyFor := func(field string) {
+		ps.addf(path+"."+field, "only valid for provisioner type %q", TypeACME)
+	}
+	if len(p.Challenges) > 0 {
+		onlyFor("challenges")
+	}
+	if p.RequireEAB {
+		onlyFor("requireEAB")
+	}
+	if p.Policy != nil {
+		onlyFor("policy")
+	}
+	if p.ValidationPorts != nil {
+		onlyFor("validationPorts")
+	}
+
+	if p.Workers == nil && len(p.Identities) == 0 {
+		ps.addf(path, "a %s provisioner needs \"workers\", \"identities\" or both", TypeWorkerAttestation)
+	}
+	if w := p.Workers; w != nil {
+		wp := path + ".workers"
+		if w.Pattern == "" {
+			ps.addf(wp+".pattern", "required")
+		} else if _, err := regexp.Compile("^(?:" + w.Pattern + ")$"); err != nil {
+			ps.addf(wp+".pattern", "invalid regexp: %v", err)
+		}
+		for i, t := range w.DNSTemplates {
+			if err := checkTemplate(t); err != nil {
+				ps.addf(fmt.Sprintf("%s.dnsTemplates[%d]", wp, i), "%v", err)
+			}
+		}
+		checkIPs(ps, wp+".ips", w.IPs)
+		if err := checkTemplate(w.SPIFFEIDTemplate); err != nil {
+			ps.addf(wp+".spiffeIDTemplate", "%v", err)
+		} else if !strings.HasPrefix(w.SPIFFEIDTemplate, "spiffe://") {
+			ps.addf(wp+".spiffeIDTemplate", "must start with \"spiffe://\"")
+		}
+	}
+	seen := make(map[string]int)
+	for i, id := range p.Identities {
+		ip := fmt.Sprintf("%s.identities[%d]", path, i)
+		if !isIdentityName(id.Name) {
+			ps.addf(ip+".name", "must be a DNS label ([a-z0-9], '-' inside, at most 63); got %q", id.Name)
+		} else if j, dup := seen[id.Name]; dup {
+			ps.addf(ip+".name", "duplicate identity %q (also identities[%d])", id.Name, j)
+		} else {
+			seen[id.Name] = i
+		}
+		checkNames(ps, ip+".dnsNames", id.DNSNames)
+		checkIPs(ps, ip+".ips", id.IPs)
+		if id.SPIFFEID != "" && !strings.HasPrefix(id.SPIFFEID, "spiffe://") {
+			ps.addf(ip+".spiffeID", "must start with \"spiffe://\"")
+		}
+	}
+	if jt := p.JoinTokens; jt != nil {
+		if jt.DefaultTTL.Duration <= 0 {
+			ps.addf(path+".joinTokens.defaultTTL", "must be > 0")
+		}
+		if jt.MaxTTL.Duration < jt.DefaultTTL.Duration {
+			ps.addf(path+".joinTokens.maxTTL", "must be >= defaultTTL (%v)", jt.DefaultTTL.Duration)
+		}
+	}
+}
+
+func (p *Provisioner) validateACME(ps *problems, path string) {
+	onlyFor := func(field string) {
+		ps.addf(path+"."+field, "only valid for provisioner type %q", TypeWorkerAttestation)
+	}
+	if p.Workers != nil {
+		onlyFor("workers")
+	}
+	if len(p.Identities) > 0 {
+		onlyFor("identities")
+	}
+	if p.JoinTokens != nil {
+		onlyFor("joinTokens")
+	}
+
+	seen := make(map[string]bool)
+	for i, ch := range p.Challenges {
+		cp := fmt.Sprintf("%s.challenges[%d]", path, i)
+		switch ch {
+		case ChallengeHTTP01, ChallengeTLSALPN01, ChallengeDNS01:
+		default:
+			ps.addf(cp, "must be one of %s; got %q", strings.Join(AllChallenges(), ", "), ch)
+			continue
+		}
+		if seen[ch] {
+			ps.addf(cp, "duplicate challenge %q", ch)
+		}
+		seen[ch] = true
+	}
+
+	pol := p.Policy
+	if pol == nil || (!pol.AllowAnyDNS && len(pol.AllowedDNSSuffixes) == 0 && len(pol.AllowedIPRanges) == 0) {
+		ps.addf(path+".policy", "must allow something: set allowedDNSSuffixes, allowAnyDNS or allowedIPRanges")
+	}
+	if pol != nil {
+		if pol.AllowAnyDNS && len(pol.AllowedDNSSuffixes) > 0 {
+			ps.addf(path+".policy.allowedDNSSuffixes", "has no effect together with allowAnyDNS; remove one")
+		}
+		seenSuffix := make(map[string]bool)
+		for i, s := range pol.AllowedDNSSuffixes {
+			sp := fmt.Sprintf("%s.policy.allowedDNSSuffixes[%d]", path, i)
+			bare := strings.TrimPrefix(s, ".")
+			if err := checkDNSName(bare); err != nil {
+				ps.addf(sp, "%v", err)
+			} else if seenSuffix[bare] {
+				ps.addf(sp, "duplicate suffix %q", s)
+			}
+			seenSuffix[bare] = true
+		}
+		for i, r := range pol.AllowedIPRanges {
+			rp := fmt.Sprintf("%s.policy.allowedIPRanges[%d]", path, i)
+			pfx, err := netip.ParsePrefix(r)
+			if err != nil {
+				ps.addf(rp, "not a CIDR: %v", err)
+			} else if pfx.Masked() != pfx {
+				ps.addf(rp, "%q has host bits set; did you mean %q?", r, pfx.Masked())
+			}
+		}
+	}
+
+	if v := p.ValidationPorts; v != nil {
+		if v.HTTP01 < 1 || v.HTTP01 > 65535 {
+			ps.addf(path+".validationPorts.http01", "must be a port 1-65535; got %d", v.HTTP01)
+		}
+		if v.TLSALPN01 < 1 || v.TLSALPN01 > 65535 {
+			ps.addf(path+".validationPorts.tlsalpn01", "must be a port 1-65535; got %d", v.TLSALPN01)
+		}
+	}
+}
+
+func requirePath(ps *problems, path, value string) {
+	if value == "" {
+		ps.addf(path, "required")
+	}
+}
+
+func checkHostPort(hp string) error {
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil {
+		return fmt.Errorf("must be host:port such as %q: %v", DefaultListen, err)
+	}
+	if strings.ContainsAny(host, " \t/") {
+		return fmt.Errorf("invalid host %q", host)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port must be a number 1-65535; got %q", port)
+	}
+	return nil
+}
+
+// checkNames validates a list of DNS names and reports duplicates.
+func checkNames(ps *problems, path string, names []string) {
+	seen := make(map[string]bool)
+	for i, n := range names {
+		np := fmt.Sprintf("%s[%d]", path, i)
+		if err := checkDNSName(n); err != nil {
+			ps.addf(np, "%v", err)
+		} else if seen[n] {
+			ps.addf(np, "duplicate name %q", n)
+		}
+		seen[n] = true
+	}
+}
+
+func checkIPs(ps *problems, path string, ips []string) {
+	for i, s := range ips {
+		if _, err := netip.ParseAddr(s); err != nil {
+			ps.addf(fmt.Sprintf("%s[%d]", path, i), "not an IP address: %q", s)
+		}
+	}
+}
+
+// checkDNSName accepts lower-case host names: labels of a-z, 0-9 and '-'
+// (not at either end), 1-63 characters each, 253 in total. Lower case is
+// required so that policy suffix matching is a plain string comparison;
+// wildcards and IP addresses are rejected.
+func checkDNSName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("must not be empty")
+	case len(name) > 253:
+		return fmt.Errorf("%q is longer than 253 characters", name)
+	}
+	if _, err := netip.ParseAddr(name); err == nil {
+		return fmt.Errorf("%q is an IP address, not a DNS name", name)
+	}
+	for label := range strings.SplitSeq(name, ".") {
+		if label == "" {
+			return fmt.Errorf("%q has an empty label", name)
+		}
+		if len(label) > 63 {
+			return fmt.Errorf("%q has a label longer than 63 characters", name)
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("%q has a label starting or ending with '-'", name)
+		}
+		for _, r := range label {
+			if !isLowerAlnum(r) && r != '-' {
+				return fmt.Errorf("%q is not a valid DNS name: only a-z, 0-9, '-' and '.' are allowed", name)
+			}
+		}
+	}
+	return nil
+}
+
+// checkTrustDomain follows the SPIFFE trust domain name rules: lower-case
+// letters, digits, '.', '-' and '_', no scheme, no port.
+func checkTrustDomain(td string) error {
+	switch {
+	case td == "":
+		return errors.New("required")
+	case strings.Contains(td, "://"):
+		return fmt.Errorf("must be a bare name without a scheme; got %q", td)
+	case strings.Contains(td, ":"):
+		return fmt.Errorf("must be a bare name without a port; got %q", td)
+	case len(td) > 255:
+		return errors.New("longer than 255 characters")
+	case strings.HasPrefix(td, ".") || strings.HasSuffix(td, ".") || strings.Contains(td, ".."):
+		return fmt.Errorf("%q has an empty label", td)
+	}
+	for _, r := range td {
+		if !isLowerAlnum(r) && r != '.' && r != '-' && r != '_' {
+			return fmt.Errorf("only lower-case a-z, 0-9, '.', '-' and '_' are allowed; got %q", td)
+		}
+	}
+	return nil
+}
+
+// checkTemplate accepts strings whose only {...} placeholders are {worker}
+// and {trustDomain}.
+func checkTemplate(t string) error {
+	if t == "" {
+		return errors.New("must not be empty")
+	}
+	rest := t
+	for {
+		open := strings.IndexAny(rest, "{}")
+		if open < 0 {
+			return nil
+		}
+		if rest[open] == '}' {
+			return fmt.Errorf("unmatched '}' in %q", t)
+		}
+		end := strings.IndexAny(rest[open+1:], "{}")
+		if end < 0 || rest[open+1+end] != '}' {
+			return fmt.Errorf("unclosed '{' in %q", t)
+		}
+		switch name := rest[open+1 : open+1+end]; name {
+		case "worker", "trustDomain":
+		default:
+			return fmt.Errorf("unknown placeholder {%s} in %q; only {worker} and {trustDomain} are allowed", name, t)
+		}
+		rest = rest[open+1+end+1:]
+	}
+}
+
+func isProvisionerName(s string) bool {
+	if len(s) < 1 || len(s) > 63 {
+		return false
+	}
+	for _, r := range s {
+		if !isLowerAlnum(r) && r != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// isIdentityName reports whether s matches [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?.
+func isIdentityName(s string) bool {
+	return isProvisionerName(s) && s[0] != '-' && s[len(s)-1] != '-'
+}
+
+func isLowerAlnum(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= '0' && r <= '9'
+}
