@@ -1,0 +1,203 @@
+// Command crank-ca is the crank-ca certificate authority: `init` creates a CA
+// directory, `serve` runs the ACME server, `token create` mints join tokens.
+// It only parses flags, sets up logging and signals, and maps errors to exit
+// codes; the work is in internal/.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/crank-platform/crank-ca/config"
+	"github.com/crank-platform/crank-ca/internal/server"
+	"github.com/crank-platform/crank-ca/internal/setup"
+)
+
+const usage = `crank-ca: an internal ACME certificate authority for mTLS workers
+
+Usage:
+  crank-ca init --dir DIR [--listen ADDR] [--trust-domain TD] [--dns NAME,...]
+  crank-ca serve --config FILE
+  crank-ca token create --config FILE --worker NAME [--ttl DURATION] [--provisioner NAME] [--json]
+  crank-ca token create --config FILE --provisioner ACME-NAME [--ttl DURATION] [--json]   (EAB credentials)
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks command-line mistakes (exit code 2).
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	err := dispatch(args, stdout, stderr)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "crank-ca: %v\n\n%s", err, usage)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "crank-ca: %v\n", err)
+		return 1
+	}
+}
+
+func dispatch(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: no command", errUsage)
+	}
+	switch args[0] {
+	case "init":
+		return cmdInit(args[1:], stdout, stderr)
+	case "serve":
+		return cmdServe(args[1:], stderr)
+	case "token":
+		if len(args) < 2 || args[1] != "create" {
+			return fmt.Errorf("%w: token needs the subcommand create", errUsage)
+		}
+		return cmdTokenCreate(args[2:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+	}
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	return nil
+}
+
+func cmdInit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("init", stderr)
+	dir := fs.String("dir", "", "directory to create the CA in (required)")
+	listen := fs.String("listen", "", "HTTPS listen address (default "+config.DefaultListen+")")
+	td := fs.String("trust-domain", "", "SPIFFE trust domain (default "+config.DefaultTrustDomain+")")
+	dns := fs.String("dns", "", "comma-separated DNS names of the CA server (default localhost)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return fmt.Errorf("%w: --dir is required", errUsage)
+	}
+	var names []string
+	if *dns != "" {
+		names = strings.Split(*dns, ",")
+	}
+	res, err := setup.Init(setup.Options{Dir: *dir, Listen: *listen, TrustDomain: *td, DNSNames: names})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, `Created a new crank-ca in %s
+Root fingerprint (SHA-256): %s
+
+Next steps:
+  crank-ca serve --config %s
+  crank-ca token create --config %s --worker NAME
+  ACME directories: https://%s/acme/workers/directory (workers)
+                    https://%s/acme/adhoc/directory (certbot, lego, ...)
+`, *dir, res.Fingerprint, res.ConfigPath, res.ConfigPath, res.Config.Listen, res.Config.Listen)
+	return nil
+}
+
+func cmdServe(args []string, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	path := fs.String("config", "", "configuration file (required)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return fmt.Errorf("%w: --config is required", errUsage)
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	logger, audit := newLoggers(stderr, cfg.Log)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	srv, err := server.New(ctx, server.Deps{Config: cfg, Logger: logger, Audit: audit})
+	if err != nil {
+		return err
+	}
+	logger.Info("crank-ca ready", "startup", time.Since(start).Round(time.Millisecond))
+	return srv.ListenAndServe(ctx)
+}
+
+// newLoggers builds the operational logger and the audit stream. The audit
+// stream is always JSON and tagged log=audit so it can be split off.
+func newLoggers(w io.Writer, c config.Log) (*slog.Logger, *slog.Logger) {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if c.Format == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	audit := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})).With("log", "audit")
+	return slog.New(h), audit
+}
+
+func cmdTokenCreate(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("token create", stderr)
+	path := fs.String("config", "", "configuration file (required)")
+	worker := fs.String("worker", "", "worker name the token binds to")
+	prov := fs.String("provisioner", "", "provisioner (default: the first worker-attestation provisioner)")
+	ttl := fs.Duration("ttl", 0, "token lifetime (default: the provisioner's joinTokens.defaultTTL)")
+	asJSON := fs.Bool("json", false, `print {"kid","hmacKey","token","expiresAt"} for any ACME client's EAB`)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return fmt.Errorf("%w: --config is required", errUsage)
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	tok, err := server.MintToken(cfg, server.TokenRequest{Provisioner: *prov, Worker: *worker, TTL: *ttl})
+	if err != nil {
+		return err
+	}
+	if !*asJSON {
+		fmt.Fprintln(stdout, tok.Encode())
+		return nil
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(map[string]string{
+		"kid":       tok.KID,
+		"hmacKey":   tok.HMACKeyString(),
+		"token":     tok.Encode(),
+		"expiresAt": tok.ExpiresAt.UTC().Format(time.RFC3339),
+	})
+}

@@ -1,0 +1,108 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/crank-platform/crank-ca/config"
+	"github.com/crank-platform/crank-ca/internal/stepca"
+	"github.com/crank-platform/crank-ca/provisioner"
+)
+
+// Identities builds the worker identities of a worker-attestation
+// provisioner from its configuration.
+func Identities(cfg *config.Config, p *config.Provisioner) (*provisioner.Identities, error) {
+	ic := provisioner.IdentitiesConfig{TrustDomain: cfg.TrustDomain}
+	if p.Workers != nil {
+		ic.Pattern = p.Workers.Pattern
+		ic.DNSTemplates = p.Workers.DNSTemplates
+		ic.IPs = p.Workers.IPs
+		ic.SPIFFEIDTemplate = p.Workers.SPIFFEIDTemplate
+	}
+	for _, w := range p.Identities {
+		ic.Workers = append(ic.Workers, provisioner.WorkerConfig{Name: w.Name, DNSNames: w.DNSNames, IPs: w.IPs, SPIFFEID: w.SPIFFEID})
+	}
+	ids, err := provisioner.NewIdentities(ic)
+	if err != nil {
+		return nil, fmt.Errorf("provisioner %q: %w", p.Name, err)
+	}
+	return ids, nil
+}
+
+// Provisioners translates the configured provisioners for the adapter,
+// reporting every problem at once.
+func Provisioners(cfg *config.Config) ([]stepca.Provisioner, error) {
+	var (
+		out  []stepca.Provisioner
+		errs []error
+	)
+	for i := range cfg.Provisioners {
+		p := &cfg.Provisioners[i]
+		sp := stepca.Provisioner{
+			Name:            p.Name,
+			MinDuration:     p.Claims.MinCertDuration.Duration,
+			DefaultDuration: p.Claims.DefaultCertDuration.Duration,
+			MaxDuration:     p.Claims.MaxCertDuration.Duration,
+		}
+		switch p.Type {
+		case config.TypeWorkerAttestation:
+			sp.Kind = stepca.KindWorkers
+			ids, err := Identities(cfg, p)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			sp.Identities = ids
+		case config.TypeACME:
+			sp.Kind = stepca.KindACME
+			sp.Challenges = p.Challenges
+			sp.RequireEAB = p.RequireEAB
+			if p.Policy != nil {
+				sp.AllowedDNSSuffixes = p.Policy.AllowedDNSSuffixes
+				sp.AllowAnyDNS = p.Policy.AllowAnyDNS
+				for _, r := range p.Policy.AllowedIPRanges {
+					pfx, err := netip.ParsePrefix(r)
+					if err != nil {
+						errs = append(errs, fmt.Errorf("provisioner %q: allowedIPRanges: %w", p.Name, err))
+						continue
+					}
+					sp.AllowedIPRanges = append(sp.AllowedIPRanges, pfx)
+				}
+			}
+			if vp := p.ValidationPorts; vp != nil {
+				sp.HTTP01Port, sp.TLSALPN01Port = vp.HTTP01, vp.TLSALPN01
+			}
+		default:
+			errs = append(errs, fmt.Errorf("provisioner %q: unknown type %q", p.Name, p.Type))
+			continue
+		}
+		out = append(out, sp)
+	}
+	return out, errors.Join(errs...)
+}
+
+// Storage translates the storage settings for the adapter.
+func Storage(cfg *config.Config) stepca.Storage {
+	switch cfg.Storage.Type {
+	case config.StoragePostgreSQL:
+		return stepca.Storage{Type: "postgresql", DataSource: cfg.Storage.DSN}
+	default:
+		return stepca.Storage{Type: "bbolt", DataSource: cfg.Resolve(cfg.Storage.Path)}
+	}
+}
+
+// LoadTokenKey reads the join-token secret named by the configuration.
+func LoadTokenKey(cfg *config.Config) (*provisioner.TokenKey, error) {
+	path := cfg.Resolve(cfg.TokenKeyFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("token key: %w", err)
+	}
+	k, err := provisioner.ParseTokenKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("token key %s: %w", path, err)
+	}
+	return k, nil
+}

@@ -1,0 +1,239 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/crank-platform/crank-ca/config"
+	"github.com/crank-platform/crank-ca/internal/pki"
+	"github.com/crank-platform/crank-ca/internal/stepca"
+	"github.com/crank-platform/crank-ca/internal/store"
+)
+
+// shutdownGrace bounds how long in-flight requests may finish after a signal.
+const shutdownGrace = 10 * time.Second
+
+// Deps are what New needs. Config must have been loaded with config.Load
+// (defaults applied, validated).
+type Deps struct {
+	Config *config.Config
+	// Logger receives operational logs, Audit the issuance and binding
+	// decisions. nil discards.
+	Logger *slog.Logger
+	Audit  *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server is a configured, not yet serving, crank-ca.
+type Server struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	now      func() time.Time
+	ca       *pki.CA
+	stepca   *stepca.CA
+	certs    *pki.ServerCerts
+	handler  http.Handler
+	retainer *store.Retainer
+}
+
+// New loads the key material, opens the store and builds the authority. On
+// error nothing stays open.
+func New(ctx context.Context, d Deps) (*Server, error) {
+	cfg := d.Config
+	if cfg == nil {
+		return nil, errors.New("server: nil config")
+	}
+	log := d.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	now := d.Now
+	if now == nil {
+		now = time.Now
+	}
+	ca, err := pki.Load(cfg.Resolve(cfg.PKI.RootCert), cfg.Resolve(cfg.PKI.IntermediateCert), cfg.Resolve(cfg.PKI.IntermediateKey))
+	if err != nil {
+		return nil, err
+	}
+	provs, err := Provisioners(cfg)
+	if err != nil {
+		return nil, err
+	}
+	key, err := LoadTokenKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	st := Storage(cfg)
+	if st.Type == "bbolt" {
+		if err := os.MkdirAll(filepath.Dir(st.DataSource), 0o700); err != nil {
+			return nil, fmt.Errorf("storage: %w", err)
+		}
+	}
+	dnsNames, ips := serverNames(cfg)
+	certs, err := pki.NewServerCerts(pki.ServerCertsConfig{
+		CA: ca, DNSNames: dnsNames, IPs: ips,
+		Lifetime: cfg.PKI.ServerCertLifetime.Duration,
+		Now:      now, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("server certificate: %w", err)
+	}
+	sca, err := stepca.New(ctx, stepca.Config{
+		Root: ca.Root, Intermediate: ca.Intermediate, Signer: ca.IntermediateKey,
+		Storage: st, Provisioners: provs, TokenKey: key,
+		Logger: log, Audit: d.Audit, Now: now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, now: now, ca: ca, stepca: sca, certs: certs}
+	s.retainer = store.NewRetainer(store.RetainerConfig{
+		DB:     sca.NoSQL(),
+		Keep:   cfg.Retention.ExpiredCertificates.Duration,
+		Now:    now,
+		Logger: log,
+	})
+	s.handler = s.routes()
+	return s, nil
+}
+
+// serverNames returns the SANs of the server's own certificate: the
+// configured names and the listen address, or both loopback addresses when
+// the listener is unspecified (0.0.0.0, ::).
+func serverNames(cfg *config.Config) ([]string, []net.IP) {
+	dns := append([]string(nil), cfg.DNSNames...)
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return dns, nil
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil && host != "":
+		dns = append(dns, host)
+		return dns, nil
+	case ip == nil || ip.IsUnspecified():
+		return dns, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	default:
+		return dns, []net.IP{ip}
+	}
+}
+
+// Fingerprint is the hex SHA-256 of the root certificate.
+func (s *Server) Fingerprint() string { return s.ca.Fingerprint() }
+
+// Handler serves every route; exported for in-process tests.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// TLSConfig is the HTTPS configuration: TLS 1.2+, the self-renewing server
+// certificate.
+func (s *Server) TLSConfig() *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.certs.GetCertificate}
+}
+
+// ListenAndServe listens on the configured address and serves until ctx is
+// done.
+func (s *Server) ListenAndServe(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.cfg.Listen)
+	if err != nil {
+		_ = s.Close()
+		return fmt.Errorf("listen %s: %w", s.cfg.Listen, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves HTTPS on ln until ctx is done, then shuts down gracefully
+// and releases the store. It returns nil after a clean shutdown.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.handler,
+		TLSConfig:         s.TLSConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	bg, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = s.certs.Run(bg) }()
+	go s.retainer.Run(bg, s.cfg.Retention.Interval.Duration)
+
+	errc := make(chan error, 1)
+	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	s.log.Info("crank-ca serving", "addr", ln.Addr().String(), "fingerprint", s.Fingerprint(), "storage", s.cfg.Storage.String())
+
+	var serveErr error
+	select {
+	case err := <-errc:
+		serveErr = err
+	case <-ctx.Done():
+		s.log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+		serveErr = hs.Shutdown(sctx)
+		cancel()
+		<-errc
+	}
+	stop()
+	if err := s.Close(); err != nil && serveErr == nil {
+		serveErr = err
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		return nil
+	}
+	return serveErr
+}
+
+// Close releases the store; Serve calls it on the way out.
+func (s *Server) Close() error { return s.stepca.Close() }
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/acme/", s.stepca.Handler())
+	mux.HandleFunc("GET /roots.pem", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		_, _ = w.Write(s.ca.RootPEM())
+	})
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
+	})
+	return s.logRequests(mux)
+}
+
+// statusWriter remembers the status for the access log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		if sw.status == 0 {
+			sw.status = http.StatusOK
+		}
+		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", time.Since(start), "remote", r.RemoteAddr)
+	})
+}

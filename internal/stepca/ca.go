@@ -1,0 +1,249 @@
+package stepca
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/smallstep/certificates/acme"
+	acmeapi "github.com/smallstep/certificates/acme/api"
+	acmenosql "github.com/smallstep/certificates/acme/db/nosql"
+	apilog "github.com/smallstep/certificates/api/log"
+	"github.com/smallstep/certificates/authority"
+	authconfig "github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/policy"
+	steppro "github.com/smallstep/certificates/authority/provisioner"
+	stepdb "github.com/smallstep/certificates/db"
+	"github.com/smallstep/nosql"
+
+	"github.com/crank-platform/crank-ca/internal/store"
+)
+
+// maxRequestBody bounds every ACME request body. The largest legitimate
+// request is a finalize with an RSA-8192 CSR, a few KiB.
+const maxRequestBody = 256 << 10
+
+// CA is an embedded smallstep authority serving crank-ca's ACME directories.
+type CA struct {
+	auth    *authority.Authority
+	db      *acmeDB
+	store   *store.Store
+	nosql   nosql.DB
+	linker  *linker
+	log     *slog.Logger
+	audit   *slog.Logger
+	handler http.Handler
+}
+
+// New opens the store, builds the authority and its ACME handler. The caller
+// must Close the CA to release the store (embedded stores lock their file).
+func New(ctx context.Context, cfg Config) (*CA, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("stepca: %w", err)
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	audit := cfg.Audit
+	if audit == nil {
+		audit = slog.New(slog.DiscardHandler)
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+
+	provs := make(steppro.List, 0, len(cfg.Provisioners))
+	specs := make(map[string]*Provisioner, len(cfg.Provisioners))
+	for i := range cfg.Provisioners {
+		p := &cfg.Provisioners[i]
+		specs[p.Name] = p
+		provs = append(provs, stepProvisioner(p))
+	}
+
+	authCfg := &authconfig.Config{
+		DB: &stepdb.Config{Type: cfg.Storage.Type, DataSource: cfg.Storage.DataSource},
+		AuthorityConfig: &authconfig.AuthConfig{
+			Provisioners: provs,
+			// The root's own lifetime bounds nothing here; claims come from
+			// each provisioner.
+			DisableIssuedAtCheck: true,
+		},
+	}
+	auth, err := authority.NewEmbedded(
+		authority.WithConfig(authCfg),
+		authority.WithX509RootCerts(cfg.Root),
+		authority.WithX509Signer(cfg.Intermediate, cfg.Signer),
+		authority.WithX509Enforcers(issuerLifetimeEnforcer{issuer: cfg.Intermediate}),
+		authority.WithQuietInit(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("stepca: build authority: %w", err)
+	}
+	ndb, ok := auth.GetDatabase().(nosql.DB)
+	if !ok {
+		_ = auth.Shutdown()
+		return nil, errors.New("stepca: authority database is not a nosql database")
+	}
+	st, err := store.New(store.Config{DB: ndb, Now: now})
+	if err != nil {
+		_ = auth.Shutdown()
+		return nil, fmt.Errorf("stepca: %w", err)
+	}
+	inner, err := acmenosql.New(ndb)
+	if err != nil {
+		_ = auth.Shutdown()
+		return nil, fmt.Errorf("stepca: open ACME tables: %w", err)
+	}
+	tokens := &tokenChecker{key: cfg.TokenKey, store: st, now: now}
+	adb := &acmeDB{DB: inner, specs: specsByID(specs), store: st, tokens: tokens, log: logger, audit: audit, now: now}
+	lk := &linker{
+		Linker:  acme.NewLinker("", "acme"),
+		specs:   specs,
+		clients: validationClients(cfg.Provisioners),
+		tokens:  tokens,
+		db:      adb,
+		log:     logger,
+	}
+	c := &CA{auth: auth, db: adb, store: st, nosql: ndb, linker: lk, log: logger, audit: audit}
+	c.handler = c.routes()
+	return c, nil
+}
+
+func specsByID(byName map[string]*Provisioner) map[string]*Provisioner {
+	m := make(map[string]*Provisioner, len(byName))
+	for _, p := range byName {
+		m[p.id()] = p
+	}
+	return m
+}
+
+// stepProvisioner translates a Provisioner into smallstep's ACME provisioner.
+func stepProvisioner(p *Provisioner) *steppro.ACME {
+	dur := func(d time.Duration) *steppro.Duration { return &steppro.Duration{Duration: d} }
+	ap := &steppro.ACME{
+		ID:   p.id(),
+		Type: "ACME",
+		Name: p.Name,
+		Claims: &steppro.Claims{
+			MinTLSDur:     dur(p.MinDuration),
+			DefaultTLSDur: dur(p.DefaultDuration),
+			MaxTLSDur:     dur(p.MaxDuration),
+		},
+		RequireEAB: p.usesTokens(),
+	}
+	switch p.Kind {
+	case KindWorkers:
+		// One challenge per authorization is enough: it is marked valid at
+		// creation and never dialled.
+		ap.Challenges = []steppro.ACMEChallenge{steppro.HTTP_01}
+	case KindACME:
+		for _, ch := range p.Challenges {
+			ap.Challenges = append(ap.Challenges, steppro.ACMEChallenge(ch))
+		}
+		if names := namePolicy(p); names != nil {
+			ap.Options = &steppro.Options{X509: &steppro.X509Options{AllowedNames: names}}
+		}
+	}
+	return ap
+}
+
+// namePolicy turns the provisioner's allowed suffixes and ranges into
+// smallstep's policy; nil means no restriction.
+func namePolicy(p *Provisioner) *policy.X509NameOptions {
+	if p.AllowAnyDNS && len(p.AllowedIPRanges) == 0 {
+		return nil
+	}
+	names := &policy.X509NameOptions{}
+	if p.AllowAnyDNS {
+		names.DNSDomains = []string{"*"}
+	}
+	for _, s := range p.AllowedDNSSuffixes {
+		s = trimDot(s)
+		names.DNSDomains = append(names.DNSDomains, s, "*."+s)
+	}
+	for _, r := range p.AllowedIPRanges {
+		names.IPRanges = append(names.IPRanges, r.String())
+	}
+	return names
+}
+
+func trimDot(s string) string {
+	for len(s) > 0 && s[0] == '.' {
+		s = s[1:]
+	}
+	return s
+}
+
+// Handler serves the ACME API under /acme/<provisioner>/...
+func (c *CA) Handler() http.Handler { return c.handler }
+
+// Store exposes crank-ca's own records (bindings, spent tokens).
+func (c *CA) Store() *store.Store { return c.store }
+
+// NoSQL returns the shared database (for retention).
+func (c *CA) NoSQL() nosql.DB { return c.nosql }
+
+// Close shuts the authority down and releases the store.
+func (c *CA) Close() error {
+	return c.auth.Shutdown()
+}
+
+func (c *CA) routes() http.Handler {
+	r := chi.NewRouter()
+	r.Route("/acme", func(r chi.Router) {
+		acmeapi.Route(r)
+	})
+	client := acme.NewClient()
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		req.Body = http.MaxBytesReader(w, req.Body, maxRequestBody)
+		ctx := req.Context()
+		ctx = authority.NewContext(ctx, c.auth)
+		ctx = acme.NewContext(ctx, c.db, client, c.linker, nil)
+		ctx = stepdb.NewContext(ctx, c.auth.GetDatabase())
+		ctx = apilog.WithErrorLogger(ctx, c.logError)
+		ctx = withState(ctx)
+		r.ServeHTTP(w, req.WithContext(ctx))
+	})
+}
+
+// logError records the real cause of an ACME error, which smallstep hides
+// from the client. Client mistakes log at warn, server faults at error.
+func (c *CA) logError(_ http.ResponseWriter, r *http.Request, err error) {
+	level := slog.LevelError
+	attrs := []slog.Attr{
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.String("remote", r.RemoteAddr),
+	}
+	var ae *acme.Error
+	if errors.As(err, &ae) {
+		if ae.Status < 500 {
+			level = slog.LevelWarn
+		}
+		attrs = append(attrs, slog.Int("status", ae.Status), slog.String("type", ae.Type), slog.String("detail", ae.Detail))
+		if ae.Err != nil {
+			attrs = append(attrs, slog.String("cause", ae.Err.Error()))
+		}
+	} else {
+		attrs = append(attrs, slog.String("cause", err.Error()))
+	}
+	c.log.LogAttrs(r.Context(), level, "acme request failed", attrs...)
+}
+
+// issuerLifetimeEnforcer keeps every leaf inside its issuer's validity: a
+// client-requested notAfter may never outlive the intermediate.
+type issuerLifetimeEnforcer struct{ issuer *x509.Certificate }
+
+func (e issuerLifetimeEnforcer) Enforce(cert *x509.Certificate) error {
+	if cert.NotAfter.After(e.issuer.NotAfter) {
+		cert.NotAfter = e.issuer.NotAfter
+	}
+	return nil
+}

@@ -1,0 +1,127 @@
+package stepca
+
+import (
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/crank-platform/crank-ca/provisioner"
+)
+
+// Kind says which flavour of ACME provisioner a Provisioner is.
+type Kind int
+
+const (
+	// KindWorkers is the worker-attestation provisioner: EAB with join tokens,
+	// pre-authorized orders, SPIFFE leaves.
+	KindWorkers Kind = iota + 1
+	// KindACME is an ordinary ACME provisioner with real challenges.
+	KindACME
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindWorkers:
+		return "worker-attestation"
+	case KindACME:
+		return "acme"
+	default:
+		return fmt.Sprintf("Kind(%d)", int(k))
+	}
+}
+
+// Provisioner describes one ACME directory served at /acme/<Name>/directory.
+type Provisioner struct {
+	Name string
+	Kind Kind
+
+	// Lifetime claims: MinDuration <= DefaultDuration <= MaxDuration.
+	MinDuration     time.Duration
+	DefaultDuration time.Duration
+	MaxDuration     time.Duration
+
+	// Identities is required for KindWorkers.
+	Identities *provisioner.Identities
+
+	// The fields below apply to KindACME.
+	Challenges         []string // http-01, tls-alpn-01, dns-01
+	RequireEAB         bool
+	AllowedDNSSuffixes []string
+	AllowAnyDNS        bool
+	AllowedIPRanges    []netip.Prefix
+	// HTTP01Port and TLSALPN01Port move the ports the CA dials when it
+	// validates challenges. Zero means 80 and 443. Development and tests only.
+	HTTP01Port    int
+	TLSALPN01Port int
+}
+
+// usesTokens reports whether accounts of p register with crank-ca's
+// stateless EAB credentials (and must therefore be bound before ordering).
+func (p *Provisioner) usesTokens() bool {
+	return p.Kind == KindWorkers || p.RequireEAB
+}
+
+// id is the provisioner ID smallstep stores in orders and EAB keys. It is set
+// explicitly because smallstep's EAB code reads the raw field while new-order
+// calls GetID(); a mismatch would turn every order into a 401.
+func (p *Provisioner) id() string { return "acme/" + p.Name }
+
+// Storage selects the nosql driver smallstep opens.
+type Storage struct {
+	// Type is a smallstep/nosql driver name: "bbolt", "postgresql" (and, for
+	// measurements only, "badgerv2").
+	Type string
+	// DataSource is a file path for embedded stores or a DSN for PostgreSQL.
+	DataSource string
+}
+
+// Config is everything New needs.
+type Config struct {
+	Root         *x509.Certificate
+	Intermediate *x509.Certificate
+	Signer       crypto.Signer
+	Storage      Storage
+	Provisioners []Provisioner
+	// TokenKey verifies join tokens and EAB credentials.
+	TokenKey *provisioner.TokenKey
+	// Logger receives operational logs (nil discards); Audit receives
+	// issuance and binding decisions (nil discards).
+	Logger *slog.Logger
+	Audit  *slog.Logger
+	// Now is the clock for token expiry; nil means time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Root == nil || c.Intermediate == nil || c.Signer == nil {
+		errs = append(errs, errors.New("root, intermediate and signer are required"))
+	}
+	if c.Storage.Type == "" || c.Storage.DataSource == "" {
+		errs = append(errs, errors.New("storage type and data source are required"))
+	}
+	if len(c.Provisioners) == 0 {
+		errs = append(errs, errors.New("at least one provisioner is required"))
+	}
+	seen := map[string]bool{}
+	for i, p := range c.Provisioners {
+		if seen[p.Name] {
+			errs = append(errs, fmt.Errorf("provisioners[%d]: duplicate name %q", i, p.Name))
+		}
+		seen[p.Name] = true
+		if p.Kind == KindWorkers && p.Identities == nil {
+			errs = append(errs, fmt.Errorf("provisioners[%d]: worker provisioner %q without identities", i, p.Name))
+		}
+		if p.usesTokens() && c.TokenKey == nil {
+			errs = append(errs, fmt.Errorf("provisioners[%d]: %q needs a token key", i, p.Name))
+		}
+		if !(0 < p.MinDuration && p.MinDuration <= p.DefaultDuration && p.DefaultDuration <= p.MaxDuration) {
+			errs = append(errs, fmt.Errorf("provisioners[%d]: lifetimes must satisfy 0 < min <= default <= max", i))
+		}
+	}
+	return errors.Join(errs...)
+}

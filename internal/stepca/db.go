@@ -1,0 +1,218 @@
+package stepca
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/smallstep/certificates/acme"
+
+	"github.com/crank-platform/crank-ca/internal/store"
+	"github.com/crank-platform/crank-ca/provisioner"
+)
+
+// acmeDB wraps smallstep's acme.DB. smallstep's handlers call it at every
+// step of the protocol, which makes it the one place that can bind accounts
+// to identities, pre-authorize orders and check lifetimes before anything is
+// written. Methods it does not override go straight to the inner DB.
+type acmeDB struct {
+	acme.DB
+	specs  map[string]*Provisioner // by provisioner ID
+	store  *store.Store
+	tokens *tokenChecker
+	log    *slog.Logger
+	audit  *slog.Logger
+	now    func() time.Time
+}
+
+// GetExternalAccountKey answers smallstep's EAB lookup with a key derived
+// from the stateless token instead of a stored one.
+func (d *acmeDB) GetExternalAccountKey(ctx context.Context, provID, kid string) (*acme.ExternalAccountKey, error) {
+	spec := d.specs[provID]
+	if spec == nil || !spec.usesTokens() {
+		return d.DB.GetExternalAccountKey(ctx, provID, kid)
+	}
+	info, err := d.tokens.check(ctx, spec, kid)
+	if err != nil {
+		return nil, err
+	}
+	return &acme.ExternalAccountKey{
+		ID:            kid,
+		ProvisionerID: provID,
+		Reference:     info.claims.Worker,
+		HmacKey:       info.hmacKey,
+		CreatedAt:     d.now(),
+	}, nil
+}
+
+// UpdateExternalAccountKey is called once the account exists: it spends the
+// token and records the binding, atomically refusing a second use.
+func (d *acmeDB) UpdateExternalAccountKey(ctx context.Context, provID string, eak *acme.ExternalAccountKey) error {
+	spec := d.specs[provID]
+	if spec == nil || !spec.usesTokens() {
+		return d.DB.UpdateExternalAccountKey(ctx, provID, eak)
+	}
+	b := store.Binding{AccountID: eak.AccountID, Provisioner: spec.Name, Worker: eak.Reference, KID: eak.ID, BoundAt: eak.BoundAt}
+	switch err := d.store.Bind(ctx, b); {
+	case errors.Is(err, store.ErrTokenUsed):
+		d.audit.Warn("token reuse refused", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID)
+		return acme.NewError(acme.ErrorUnauthorizedType, "the join token has already been used")
+	case err != nil:
+		return acme.WrapErrorISE(err, "error binding account")
+	}
+	d.audit.Info("account bound", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID, "kid", kidPrefix(b.KID))
+	return nil
+}
+
+// kidPrefix shortens a key id for logs; the id is not secret but is long.
+func kidPrefix(kid string) string {
+	if len(kid) > 24 {
+		return kid[:24] + "..."
+	}
+	return kid
+}
+
+// GetExternalAccountKeyByAccountID runs first in new-order for EAB
+// provisioners. An account that is not bound (its bind failed, or it was
+// created some other way) is refused here, before anything is written. For
+// workers the answer carries a policy of exactly the identity's names, which
+// smallstep enforces with rejectedIdentifier.
+func (d *acmeDB) GetExternalAccountKeyByAccountID(ctx context.Context, provID, accID string) (*acme.ExternalAccountKey, error) {
+	spec := d.specs[provID]
+	if spec == nil || !spec.usesTokens() {
+		return d.DB.GetExternalAccountKeyByAccountID(ctx, provID, accID)
+	}
+	b, err := d.store.Binding(ctx, accID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, acme.NewError(acme.ErrorUnauthorizedType, "account %s is not bound to an identity; register with a join token", accID)
+	case err != nil:
+		return nil, acme.WrapErrorISE(err, "error reading account binding")
+	}
+	if b.Provisioner != spec.Name {
+		return nil, acme.NewError(acme.ErrorUnauthorizedType, "account %s is bound on provisioner %q", accID, b.Provisioner)
+	}
+	st := stateFrom(ctx)
+	st.binding = &b
+	if spec.Kind != KindWorkers {
+		return nil, nil //nolint:nilnil // smallstep reads nil as "no account policy"
+	}
+	id, err := spec.Identities.Lookup(b.Worker)
+	if err != nil {
+		return nil, acme.NewError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)
+	}
+	st.identity = &id
+	return &acme.ExternalAccountKey{
+		ID:            b.KID,
+		ProvisionerID: provID,
+		Reference:     b.Worker,
+		AccountID:     accID,
+		BoundAt:       b.BoundAt,
+		Policy:        identityPolicy(id),
+	}, nil
+}
+
+// identityPolicy allows exactly the identity's names. An identity without
+// names gets a policy that matches nothing, so it can order nothing.
+func identityPolicy(id provisioner.Identity) *acme.Policy {
+	p := &acme.Policy{}
+	p.X509.Allowed.DNSNames = append([]string{}, id.DNSNames...)
+	for _, ip := range id.IPs {
+		p.X509.Allowed.IPRanges = append(p.X509.Allowed.IPRanges, netip.PrefixFrom(ip, ip.BitLen()).String())
+	}
+	if len(p.X509.Allowed.DNSNames) == 0 && len(p.X509.Allowed.IPRanges) == 0 {
+		p.X509.Denied.DNSNames = []string{"*"}
+	}
+	return p
+}
+
+// covered reports whether this request's bound identity covers a value. The
+// challenge record carries no identifier type, so both are tried.
+func covered(ctx context.Context, accountID, value string) bool {
+	st := stateFrom(ctx)
+	if st.identity == nil || st.binding == nil || st.binding.AccountID != accountID {
+		return false
+	}
+	return st.identity.Covers("dns", value) || st.identity.Covers("ip", value)
+}
+
+// CreateChallenge stores the challenge; for a pre-authorized identifier it is
+// immediately marked valid so nobody can trigger a validation dial.
+func (d *acmeDB) CreateChallenge(ctx context.Context, ch *acme.Challenge) error {
+	if err := d.DB.CreateChallenge(ctx, ch); err != nil {
+		return err
+	}
+	if !covered(ctx, ch.AccountID, ch.Value) {
+		return nil
+	}
+	ch.Status = acme.StatusValid
+	ch.ValidatedAt = d.now().UTC().Format(time.RFC3339)
+	return d.DB.UpdateChallenge(ctx, ch)
+}
+
+// CreateAuthorization stores a pre-authorized identifier's authorization as
+// valid: the bound identity is the proof.
+func (d *acmeDB) CreateAuthorization(ctx context.Context, az *acme.Authorization) error {
+	if covered(ctx, az.AccountID, az.Identifier.Value) {
+		az.Status = acme.StatusValid
+		stateFrom(ctx).preauthorized++
+	}
+	return d.DB.CreateAuthorization(ctx, az)
+}
+
+// backdateAllowance is smallstep's default backdate of an order's NotBefore.
+const backdateAllowance = time.Minute
+
+// CreateOrder refuses lifetimes outside the provisioner's claims (smallstep
+// would only notice at finalize, and answer 500) and marks fully
+// pre-authorized orders ready.
+func (d *acmeDB) CreateOrder(ctx context.Context, o *acme.Order) error {
+	spec := d.specs[o.ProvisionerID]
+	if spec != nil {
+		if err := checkLifetime(spec, o.NotBefore, o.NotAfter); err != nil {
+			return err
+		}
+		if st := stateFrom(ctx); st.preauthorized > 0 && st.preauthorized == len(o.AuthorizationIDs) {
+			o.Status = acme.StatusReady
+		}
+	}
+	return d.DB.CreateOrder(ctx, o)
+}
+
+func checkLifetime(spec *Provisioner, nb, na time.Time) error {
+	if !na.After(nb) {
+		return acme.NewError(acme.ErrorMalformedType, "notAfter must be after notBefore")
+	}
+	life := na.Sub(nb)
+	if life < spec.MinDuration || life > spec.MaxDuration+backdateAllowance {
+		return acme.NewError(acme.ErrorMalformedType,
+			"requested lifetime %s is outside the provisioner's bounds [%s, %s]", life.Round(time.Second), spec.MinDuration, spec.MaxDuration)
+	}
+	return nil
+}
+
+// CreateCertificate stores the issued certificate (before the client can
+// download it) and writes the audit record of the issuance.
+func (d *acmeDB) CreateCertificate(ctx context.Context, cert *acme.Certificate) error {
+	if err := d.DB.CreateCertificate(ctx, cert); err != nil {
+		return err
+	}
+	attrs := []any{
+		"serial", cert.Leaf.SerialNumber.String(),
+		"account", cert.AccountID,
+		"order", cert.OrderID,
+		"notBefore", cert.Leaf.NotBefore,
+		"notAfter", cert.Leaf.NotAfter,
+		"dns", cert.Leaf.DNSNames,
+	}
+	if st := stateFrom(ctx); st.spec != nil {
+		attrs = append(attrs, "provisioner", st.spec.Name)
+	}
+	for _, u := range cert.Leaf.URIs {
+		attrs = append(attrs, "uri", u.String())
+	}
+	d.audit.Info("certificate issued", attrs...)
+	return nil
+}

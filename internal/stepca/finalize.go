@@ -1,0 +1,101 @@
+package stepca
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	"github.com/smallstep/certificates/acme"
+	steppro "github.com/smallstep/certificates/authority/provisioner"
+	"go.step.sm/crypto/jose"
+
+	"github.com/crank-platform/crank-ca/internal/store"
+	"github.com/crank-platform/crank-ca/provisioner"
+)
+
+// finalizer stands in for smallstep's ACME provisioner during finalize, the
+// only moment smallstep asks the provisioner for sign options. It embeds the
+// stock provisioner (lifetime claims, policy, key checks stay smallstep's) and
+// adds crank-ca's: the CSR key must not be the account key, and worker
+// leaves get the identity's SPIFFE profile whatever the CSR asked for.
+type finalizer struct {
+	*steppro.ACME
+	spec *Provisioner
+	db   *acmeDB
+}
+
+func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.SignOption, error) {
+	opts, err := f.ACME.AuthorizeSign(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	st := stateFrom(ctx)
+	o, err := f.db.GetOrder(ctx, st.orderID)
+	if err != nil {
+		return nil, acme.WrapErrorISE(err, "error reading order %s", st.orderID)
+	}
+	acc, err := f.db.GetAccount(ctx, o.AccountID)
+	if err != nil {
+		return nil, acme.WrapErrorISE(err, "error reading account %s", o.AccountID)
+	}
+	if st.csr != nil && sameKey(acc.Key, st.csr.PublicKey) {
+		return nil, acme.NewError(acme.ErrorBadCSRType, "the CSR's public key is the account key; use a separate key for the certificate (RFC 8555 section 11.1)")
+	}
+	opts = append(opts, accountKeyValidator{account: acc.Key})
+	if f.spec.Kind != KindWorkers {
+		return opts, nil
+	}
+	b, err := f.db.store.Binding(ctx, o.AccountID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, acme.NewError(acme.ErrorUnauthorizedType, "account %s is not bound to an identity", o.AccountID)
+	case err != nil:
+		return nil, acme.WrapErrorISE(err, "error reading account binding")
+	}
+	id, err := f.spec.Identities.Lookup(b.Worker)
+	if err != nil {
+		return nil, acme.NewError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)
+	}
+	return append(opts, leafProfile{identity: id}), nil
+}
+
+// sameKey compares keys by their RFC 7638 thumbprint.
+func sameKey(account *jose.JSONWebKey, pub crypto.PublicKey) bool {
+	if account == nil || pub == nil {
+		return false
+	}
+	a, err := account.Thumbprint(crypto.SHA256)
+	if err != nil {
+		return false
+	}
+	b, err := (&jose.JSONWebKey{Key: pub}).Thumbprint(crypto.SHA256)
+	if err != nil {
+		return false
+	}
+	return string(a) == string(b)
+}
+
+// accountKeyValidator re-checks the signed certificate's key: the early
+// badCSR check reads the request before smallstep verified it, this one reads
+// what is about to be signed.
+type accountKeyValidator struct{ account *jose.JSONWebKey }
+
+func (v accountKeyValidator) Valid(cert *x509.Certificate, _ steppro.SignOptions) error {
+	if sameKey(v.account, cert.PublicKey) {
+		return errors.New("certificate key equals the account key")
+	}
+	return nil
+}
+
+// leafProfile applies the worker identity's SPIFFE leaf profile after
+// smallstep's template, so the CSR cannot add names or usages.
+type leafProfile struct{ identity provisioner.Identity }
+
+func (l leafProfile) Modify(cert *x509.Certificate, _ steppro.SignOptions) error {
+	if err := l.identity.ApplyLeaf(cert); err != nil {
+		return fmt.Errorf("apply leaf profile: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,159 @@
+package stepca
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/smallstep/certificates/acme"
+	"github.com/smallstep/certificates/api/render"
+	steppro "github.com/smallstep/certificates/authority/provisioner"
+	"go.step.sm/crypto/jose"
+)
+
+// linker wraps smallstep's linker. Its Middleware is the first code that runs
+// for every ACME route once smallstep has resolved the provisioner, so it is
+// where crank-ca attaches per-provisioner plumbing: the validation client, an
+// early EAB check with a precise problem document, and, on finalize, the
+// provisioner wrapper that shapes the leaf.
+type linker struct {
+	acme.Linker
+	specs   map[string]*Provisioner // by name
+	clients map[string]acme.Client  // by name
+	tokens  *tokenChecker
+	db      *acmeDB
+	log     *slog.Logger
+}
+
+func (l *linker) Middleware(next http.Handler) http.Handler {
+	return l.Linker.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		p, ok := acme.ProvisionerFromContext(ctx)
+		if !ok {
+			next.ServeHTTP(w, r)
+			return
+		}
+		spec := l.specs[p.GetName()]
+		stock, isACME := p.(*steppro.ACME)
+		if spec == nil || !isACME {
+			render.Error(w, r, acme.NewError(acme.ErrorUnauthorizedType, "provisioner %q is not served here", p.GetName()))
+			return
+		}
+		st := stateFrom(ctx)
+		st.spec = spec
+		if c := l.clients[spec.Name]; c != nil {
+			ctx = acme.NewClientContext(ctx, c)
+		}
+		switch route := routePattern(r); {
+		case strings.HasSuffix(route, "/new-account") && spec.usesTokens():
+			if err := l.precheckEAB(ctx, r, spec); err != nil {
+				l.renderWithNonce(w, r.WithContext(ctx), err)
+				return
+			}
+		case strings.HasSuffix(route, "/finalize"):
+			st.orderID = chi.URLParam(r, "ordID")
+			st.csr = peekCSR(r)
+			ctx = acme.NewProvisionerContext(ctx, &finalizer{ACME: stock, spec: spec, db: l.db})
+		}
+		next.ServeHTTP(w, r.WithContext(ctx))
+	}))
+}
+
+func routePattern(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil {
+		return rc.RoutePattern()
+	}
+	return r.URL.Path
+}
+
+// renderWithNonce renders a problem with a fresh Replay-Nonce, as smallstep's
+// own error responses to POSTs carry one.
+func (l *linker) renderWithNonce(w http.ResponseWriter, r *http.Request, err error) {
+	if n, nerr := l.db.CreateNonce(r.Context()); nerr == nil {
+		w.Header().Set("Replay-Nonce", string(n))
+		w.Header().Set("Cache-Control", "no-store")
+	}
+	render.Error(w, r, err)
+}
+
+// readBody returns the request body and puts an identical reader back for
+// smallstep's handlers.
+func readBody(r *http.Request) []byte {
+	if r.Body == nil {
+		return nil
+	}
+	b, err := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// precheckEAB checks the EAB of a new-account request before smallstep does.
+// smallstep answers a bad EAB signature with a 500; here a wrong HMAC key, an
+// expired, spent, forged or foreign token each get an unauthorized problem.
+// Anything this check cannot parse is left to smallstep, which rejects it with
+// its own malformed problem; the outer JWS is verified by smallstep later, so
+// nothing here is trusted beyond refusing.
+func (l *linker) precheckEAB(ctx context.Context, r *http.Request, spec *Provisioner) error {
+	outer, err := jose.ParseJWS(string(readBody(r)))
+	if err != nil {
+		return nil
+	}
+	var nar struct {
+		EAB json.RawMessage `json:"externalAccountBinding"`
+	}
+	if json.Unmarshal(outer.UnsafePayloadWithoutVerification(), &nar) != nil || len(nar.EAB) == 0 || string(nar.EAB) == "null" {
+		return nil
+	}
+	eab, err := jose.ParseJWS(string(nar.EAB))
+	if err != nil || len(eab.Signatures) != 1 {
+		return nil
+	}
+	kid := eab.Signatures[0].Protected.KeyID
+	if kid == "" {
+		return nil
+	}
+	info, err := l.tokens.check(ctx, spec, kid)
+	if err != nil {
+		return err
+	}
+	if _, err := eab.Verify(info.hmacKey); err != nil {
+		return acme.NewError(acme.ErrorUnauthorizedType, "the external account binding is not signed with the token's HMAC key")
+	}
+	return nil
+}
+
+// peekCSR extracts the CSR of a finalize request so that the provisioner hook
+// can compare its key with the account key and answer badCSR (smallstep only
+// hands the hook a context). The JWS itself is verified by smallstep before
+// the hook runs.
+func peekCSR(r *http.Request) *x509.CertificateRequest {
+	jws, err := jose.ParseJWS(string(readBody(r)))
+	if err != nil {
+		return nil
+	}
+	var fr struct {
+		CSR string `json:"csr"`
+	}
+	if json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &fr) != nil {
+		return nil
+	}
+	der, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(fr.CSR, "="))
+	if err != nil {
+		return nil
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil
+	}
+	return csr
+}

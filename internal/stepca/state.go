@@ -1,0 +1,41 @@
+package stepca
+
+import (
+	"context"
+	"crypto/x509"
+
+	"github.com/crank-platform/crank-ca/internal/store"
+	"github.com/crank-platform/crank-ca/provisioner"
+)
+
+// state carries what one ACME request learnt in one seam to the next seam of
+// the same request: smallstep passes the context through its handlers but
+// gives no other way to share facts between the linker middleware, the DB
+// calls and the provisioner hooks. It lives exactly as long as the request and
+// is only touched by the request's goroutine.
+type state struct {
+	spec *Provisioner
+	// Set by GetExternalAccountKeyByAccountID during new-order.
+	binding  *store.Binding
+	identity *provisioner.Identity
+	// preauthorized counts authorizations created valid in this new-order.
+	preauthorized int
+	// Set by the linker middleware on finalize.
+	orderID string
+	csr     *x509.CertificateRequest
+}
+
+type stateKey struct{}
+
+func withState(ctx context.Context) context.Context {
+	return context.WithValue(ctx, stateKey{}, &state{})
+}
+
+// stateFrom returns the request's state; a zero state when absent (tests or
+// smallstep-internal calls) so callers need no nil checks.
+func stateFrom(ctx context.Context) *state {
+	if s, ok := ctx.Value(stateKey{}).(*state); ok && s != nil {
+		return s
+	}
+	return &state{}
+}

@@ -1,0 +1,67 @@
+package stepca
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/smallstep/certificates/acme"
+
+	"github.com/crank-platform/crank-ca/provisioner"
+	"github.com/crank-platform/crank-ca/internal/store"
+)
+
+// tokenChecker decides whether an EAB key id (a crank-ca join token or EAB
+// credential) may register an account on a provisioner. Both the early check
+// in the linker and smallstep's own EAB lookup call it, so they cannot
+// disagree.
+type tokenChecker struct {
+	key   *provisioner.TokenKey
+	store *store.Store
+	now   func() time.Time
+}
+
+type tokenInfo struct {
+	claims   provisioner.TokenClaims
+	hmacKey  []byte
+	identity *provisioner.Identity // workers only
+}
+
+func (t *tokenChecker) check(ctx context.Context, spec *Provisioner, kid string) (tokenInfo, error) {
+	claims, hmacKey, err := t.key.Verify(kid, t.now())
+	switch {
+	case errors.Is(err, provisioner.ErrTokenExpired):
+		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the join token has expired; mint a new one")
+	case errors.Is(err, provisioner.ErrTokenForged):
+		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the join token is not valid for this CA (tampered or minted elsewhere)")
+	case err != nil:
+		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the external account binding kid is not a crank-ca token")
+	}
+	if claims.Provisioner != spec.Name {
+		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the token was minted for provisioner %q, not %q", claims.Provisioner, spec.Name)
+	}
+	info := tokenInfo{claims: claims, hmacKey: hmacKey}
+	switch spec.Kind {
+	case KindWorkers:
+		if claims.Worker == "" {
+			return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the token names no worker")
+		}
+		id, err := spec.Identities.Lookup(claims.Worker)
+		if err != nil {
+			return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "worker %q is not a known identity", claims.Worker)
+		}
+		info.identity = &id
+	default:
+		if claims.Worker != "" {
+			return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "a worker token cannot register on provisioner %q", spec.Name)
+		}
+	}
+	used, err := t.store.TokenUsed(ctx, kid)
+	if err != nil {
+		return tokenInfo{}, acme.WrapErrorISE(err, "error reading token state")
+	}
+	if used {
+		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the join token has already been used")
+	}
+	return info, nil
+}

@@ -1,0 +1,120 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/smallstep/nosql"
+	"github.com/smallstep/nosql/database"
+)
+
+var (
+	bindingTable   = []byte("crank_account_bindings")
+	tokenUsesTable = []byte("crank_token_uses")
+)
+
+// ErrNotFound is returned when a record does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrTokenUsed is returned when a join token (or EAB key) has already been spent.
+var ErrTokenUsed = errors.New("token already used")
+
+// Binding records that an ACME account belongs to a worker identity. Orders,
+// audit, and (later) admin listing and disabling all read this one record.
+type Binding struct {
+	AccountID   string    `json:"accountID"`
+	Provisioner string    `json:"provisioner"`
+	Worker      string    `json:"worker,omitempty"`
+	KID         string    `json:"kid"`
+	BoundAt     time.Time `json:"boundAt"`
+}
+
+// Config configures a Store.
+type Config struct {
+	// DB is the open nosql database shared with smallstep.
+	DB nosql.DB
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Store reads and writes crank-ca's records.
+type Store struct {
+	db  nosql.DB
+	now func() time.Time
+}
+
+// New creates the tables it needs (idempotent) and returns a Store.
+func New(cfg Config) (*Store, error) {
+	if cfg.DB == nil {
+		return nil, errors.New("store: nil DB")
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	for _, t := range [][]byte{bindingTable, tokenUsesTable} {
+		if err := cfg.DB.CreateTable(t); err != nil {
+			return nil, fmt.Errorf("store: create table %s: %w", t, err)
+		}
+	}
+	return &Store{db: cfg.DB, now: now}, nil
+}
+
+// TokenUsed reports whether a token id has been spent.
+func (s *Store) TokenUsed(_ context.Context, kid string) (bool, error) {
+	_, err := s.db.Get(tokenUsesTable, []byte(kid))
+	switch {
+	case err == nil:
+		return true, nil
+	case database.IsErrNotFound(err):
+		return false, nil
+	default:
+		return false, fmt.Errorf("store: read token use: %w", err)
+	}
+}
+
+// Bind spends the token b.KID and binds b.AccountID to b's identity. The spend
+// is an atomic compare-and-swap from "absent", so of two concurrent binds of
+// one token exactly one wins; the loser gets ErrTokenUsed and nothing is
+// written for it.
+func (s *Store) Bind(_ context.Context, b Binding) error {
+	if b.AccountID == "" || b.KID == "" {
+		return errors.New("store: binding needs an account and a token id")
+	}
+	if b.BoundAt.IsZero() {
+		b.BoundAt = s.now().UTC()
+	}
+	val, err := json.Marshal(b)
+	if err != nil {
+		return fmt.Errorf("store: encode binding: %w", err)
+	}
+	if _, swapped, err := s.db.CmpAndSwap(tokenUsesTable, []byte(b.KID), nil, val); err != nil {
+		return fmt.Errorf("store: spend token: %w", err)
+	} else if !swapped {
+		return ErrTokenUsed
+	}
+	if err := s.db.Set(bindingTable, []byte(b.AccountID), val); err != nil {
+		// The token is spent but the account stays unbound: fail closed.
+		return fmt.Errorf("store: write binding: %w", err)
+	}
+	return nil
+}
+
+// Binding returns the binding of an account, or ErrNotFound.
+func (s *Store) Binding(_ context.Context, accountID string) (Binding, error) {
+	val, err := s.db.Get(bindingTable, []byte(accountID))
+	switch {
+	case database.IsErrNotFound(err):
+		return Binding{}, ErrNotFound
+	case err != nil:
+		return Binding{}, fmt.Errorf("store: read binding: %w", err)
+	}
+	var b Binding
+	if err := json.Unmarshal(val, &b); err != nil {
+		return Binding{}, fmt.Errorf("store: decode binding of %s: %w", accountID, err)
+	}
+	return b, nil
+}
