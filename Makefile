@@ -1,0 +1,44 @@
+# crank-ca: `make run` starts a development CA, `make test` runs every test.
+GO        ?= go
+BIN       ?= bin
+CA_DIR    ?= .crank-ca
+# Store drivers crank-ca does not offer are left out of the binary.
+TAGS      ?= nobadger nomysql
+GOFLAGS_BUILD = -trimpath -tags '$(TAGS)' -ldflags '-s -w'
+
+.PHONY: all build run test test-short vet bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./cmd/...
+
+# run creates a development CA under $(CA_DIR) on first use, then serves it
+# on 127.0.0.1:9090 until interrupted.
+run: build
+	@if [ ! -f $(CA_DIR)/crank-ca.json ]; then $(BIN)/crank-ca init --dir $(CA_DIR); fi
+	@echo
+	@echo "Mint a join token for a worker in another terminal:"
+	@echo "  $(BIN)/crank-ca token create --config $(CA_DIR)/crank-ca.json --worker hello"
+	@echo "Root fingerprint: run 'openssl x509 -in $(CA_DIR)/pki/root.crt -noout -fingerprint -sha256' or see the serve log."
+	@echo
+	$(BIN)/crank-ca serve --config $(CA_DIR)/crank-ca.json
+
+# test runs vet, the unit tests with the race detector and the end-to-end
+# tests (certbot and PostgreSQL tests skip when those are not installed;
+# .ci/run installs them).
+test: vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-short:
+	$(GO) test -short -count=1 ./...
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf $(BIN)
