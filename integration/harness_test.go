@@ -59,6 +59,7 @@ type ca struct {
 	logs   *syncBuffer
 	url    string
 	roots  *x509.CertPool
+	srv    *server.Server
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -118,6 +119,7 @@ func (c *ca) start() {
 		c.t.Fatalf("listen: %v", err)
 	}
 	c.url = "https://" + ln.Addr().String()
+	c.srv = srv
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.done = make(chan error, 1)

@@ -194,6 +194,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return serveErr
 }
 
+// Sweep runs one retention pass now (Serve also runs them periodically).
+func (s *Server) Sweep(ctx context.Context) (store.Stats, error) { return s.retainer.Sweep(ctx) }
+
 // Close releases the store; Serve calls it on the way out.
 func (s *Server) Close() error { return s.stepca.Close() }
 

@@ -7,8 +7,8 @@ import (
 
 	"github.com/smallstep/certificates/acme"
 
-	"github.com/crank-platform/crank-ca/provisioner"
 	"github.com/crank-platform/crank-ca/internal/store"
+	"github.com/crank-platform/crank-ca/provisioner"
 )
 
 // tokenChecker decides whether an EAB key id (a crank-ca join token or EAB

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/smallstep/nosql"
@@ -132,69 +131,50 @@ func (r *Retainer) del(table, key []byte) error {
 	return nil
 }
 
+// sweepOrders deletes expired orders. Orders still listed in an account's
+// order index are kept: smallstep reads every listed order on the account's
+// next new-order and fails if one is missing, and it drops finished orders
+// from the index itself then, so a later sweep deletes them. Never writing
+// the index also keeps this safe beside smallstep's compare-and-swap on it.
 func (r *Retainer) sweepOrders(_ context.Context, cutoff time.Time, st *Stats) error {
+	indexed, err := r.indexedOrders()
+	if err != nil {
+		return err
+	}
 	es, err := r.list(ordersTable)
 	if err != nil {
 		return err
 	}
-	removed := map[string][]string{} // account -> order IDs
 	for _, e := range es {
 		var o struct {
-			ID        string    `json:"id"`
-			AccountID string    `json:"accountID"`
 			NotAfter  time.Time `json:"notAfter"`
 			ExpiresAt time.Time `json:"expiresAt"`
 		}
-		if json.Unmarshal(e.Value, &o) != nil {
-			continue
-		}
-		if o.ExpiresAt.After(cutoff) || o.NotAfter.After(cutoff) {
+		if json.Unmarshal(e.Value, &o) != nil || o.ExpiresAt.After(cutoff) || o.NotAfter.After(cutoff) || indexed[string(e.Key)] {
 			continue
 		}
 		if err := r.del(ordersTable, e.Key); err != nil {
 			return err
 		}
-		removed[o.AccountID] = append(removed[o.AccountID], string(e.Key))
 		st.Orders++
-	}
-	for acc, ids := range removed {
-		if err := r.pruneAccountOrders(acc, ids); err != nil {
-			return err
-		}
 	}
 	return nil
 }
 
-// pruneAccountOrders removes deleted orders from an account's order index
-// with compare-and-swap, so an order smallstep adds meanwhile is kept.
-func (r *Retainer) pruneAccountOrders(acc string, ids []string) error {
-	for range 5 {
-		old, err := r.db.Get(accountOrdersTable, []byte(acc))
-		if database.IsErrNotFound(err) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("retention: read orders of %s: %w", acc, err)
-		}
-		var list []string
-		if json.Unmarshal(old, &list) != nil {
-			return nil
-		}
-		kept := slices.DeleteFunc(slices.Clone(list), func(id string) bool { return slices.Contains(ids, id) })
-		if len(kept) == len(list) {
-			return nil
-		}
-		val, err := json.Marshal(kept)
-		if err != nil {
-			return err
-		}
-		if _, swapped, err := r.db.CmpAndSwap(accountOrdersTable, []byte(acc), old, val); err != nil {
-			return fmt.Errorf("retention: write orders of %s: %w", acc, err)
-		} else if swapped {
-			return nil
+func (r *Retainer) indexedOrders() (map[string]bool, error) {
+	es, err := r.list(accountOrdersTable)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]bool{}
+	for _, e := range es {
+		var ids []string
+		_ = json.Unmarshal(e.Value, &ids)
+		for _, id := range ids {
+			m[id] = true
 		}
 	}
-	return fmt.Errorf("retention: orders of %s kept changing", acc)
+	return m, nil
 }
 
 func (r *Retainer) sweepAuthorizations(_ context.Context, cutoff time.Time, st *Stats) error {
