@@ -292,3 +292,27 @@ func (s *syncBuffer) String() string {
 }
 
 var errNoProblem = errors.New("no problem document")
+
+func mkdir(p string) error { return os.MkdirAll(p, 0o700) }
+
+func newKeyB(b *testing.B) *ecdsa.PrivateKey {
+	b.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return k
+}
+
+func csrForB(b *testing.B, key crypto.Signer, dns []string) *x509.CertificateRequest {
+	b.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: dns}, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return csr
+}
