@@ -1,0 +1,145 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/crank-platform/crank-ca/config"
+)
+
+// postgresBin finds a PostgreSQL server installation.
+func postgresBin() string {
+	if p, err := exec.LookPath("initdb"); err == nil {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			return filepath.Dir(real) // next to pg_isready and postgres
+		}
+	}
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	if len(matches) > 0 {
+		return filepath.Dir(matches[len(matches)-1])
+	}
+	return ""
+}
+
+// startPostgres starts a throwaway PostgreSQL cluster on a loopback port and
+// returns a DSN for a database in it. CRANK_TEST_POSTGRES_DSN points the
+// tests at an existing server instead. Without either the test is skipped;
+// .ci/run installs PostgreSQL so CI always runs it.
+func startPostgres(t *testing.T, dbname string) string {
+	t.Helper()
+	if dsn := os.Getenv("CRANK_TEST_POSTGRES_DSN"); dsn != "" {
+		return dsn
+	}
+	bin := postgresBin()
+	if bin == "" {
+		t.Skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
+	}
+	// PostgreSQL refuses to run as root: run it as the postgres user then.
+	var asUser []string
+	dir, err := os.MkdirTemp("", "crank-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if os.Geteuid() == 0 {
+		pgUser, err := user.Lookup("postgres")
+		if err != nil {
+			t.Skip("running as root and there is no postgres user to run PostgreSQL as")
+		}
+		uid, _ := strconv.Atoi(pgUser.Uid)
+		gid, _ := strconv.Atoi(pgUser.Gid)
+		if err := os.Chown(dir, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		asUser = []string{"runuser", "-u", "postgres", "--"}
+	}
+	command := func(ctx context.Context, name string, args ...string) *exec.Cmd {
+		full := append(append([]string{}, asUser...), filepath.Join(bin, name))
+		full = append(full, args...)
+		return exec.CommandContext(ctx, full[0], full[1:]...)
+	}
+	data := filepath.Join(dir, "data")
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	if out, err := command(ctx, "initdb", "-D", data, "-U", "crank", "--auth=trust", "--no-sync", "-E", "UTF8").CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	port := freePort(t)
+	var logs bytes.Buffer
+	srv := command(context.Background(), "postgres", "-D", data, "-p", strconv.Itoa(port), "-h", "127.0.0.1", "-k", dir, "-c", "fsync=off")
+	srv.Stdout, srv.Stderr = &logs, &logs
+	if err := srv.Start(); err != nil {
+		t.Fatalf("postgres: %v", err)
+	}
+	t.Cleanup(func() {
+		// pg_ctl reaches the server through its pid file: signals to runuser
+		// are not forwarded.
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if out, err := command(sctx, "pg_ctl", "stop", "-D", data, "-m", "fast", "-w").CombinedOutput(); err != nil {
+			t.Logf("pg_ctl stop: %v\n%s", err, out)
+			_ = srv.Process.Signal(syscall.SIGINT)
+		}
+		done := make(chan struct{})
+		go func() { _ = srv.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = srv.Process.Kill()
+		}
+	})
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if out, err := command(ctx, "pg_isready", "-h", "127.0.0.1", "-p", strconv.Itoa(port)).CombinedOutput(); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("postgres never became ready: %s\n%s", out, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Sprintf("postgresql://crank@%s/%s?sslmode=disable", addr, dbname)
+}
+
+// TestPostgreSQL runs the worker flow on a PostgreSQL store: issuance, a
+// refused token reuse, and a restart after which the bound account orders
+// again.
+func TestPostgreSQL(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	dsn := startPostgres(t, "crank_ca_test")
+	c := newCA(t, func(cfg *config.Config) {
+		cfg.Storage = config.Storage{Type: config.StoragePostgreSQL, DSN: dsn, MaxOpenConns: 16}
+	})
+	c.start()
+	tok := c.token("api")
+	cl, u := c.newLego("workers", nil)
+	if err := c.register(cl, u, tok); err != nil {
+		t.Fatalf("register: %v\n%s", err, c.logs)
+	}
+	if _, err := obtain(t, c, cl.Certificate, "api.workers.crank.internal"); err != nil {
+		t.Fatalf("obtain: %v\n%s", err, c.logs)
+	}
+	cl2, u2 := c.newLego("workers", nil)
+	wantProblem(t, c.register(cl2, u2, tok), "unauthorized", 401)
+
+	c.stop()
+	c.start()
+	if _, err := obtain(t, c, cl.Certificate, "api.workers.crank.internal"); err != nil {
+		t.Fatalf("obtain after restart: %v\n%s", err, c.logs)
+	}
+	if st, err := c.srv.Sweep(t.Context()); err != nil || st.Certificates != 0 {
+		t.Errorf("sweep on PostgreSQL: %+v %v", st, err)
+	}
+}
