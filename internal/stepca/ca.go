@@ -1,12 +1,16 @@
 package stepca
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -14,6 +18,7 @@ import (
 	acmeapi "github.com/smallstep/certificates/acme/api"
 	acmenosql "github.com/smallstep/certificates/acme/db/nosql"
 	apilog "github.com/smallstep/certificates/api/log"
+	"github.com/smallstep/certificates/api/render"
 	"github.com/smallstep/certificates/authority"
 	authconfig "github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/policy"
@@ -202,15 +207,62 @@ func (c *CA) routes() http.Handler {
 	})
 	client := acme.NewClient()
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		req.Body = http.MaxBytesReader(w, req.Body, maxRequestBody)
 		ctx := req.Context()
 		ctx = authority.NewContext(ctx, c.auth)
 		ctx = acme.NewContext(ctx, c.db, client, c.linker, nil)
 		ctx = stepdb.NewContext(ctx, c.auth.GetDatabase())
 		ctx = apilog.WithErrorLogger(ctx, c.logError)
 		ctx = withState(ctx)
-		r.ServeHTTP(w, req.WithContext(ctx))
+		req = req.WithContext(ctx)
+		// Refusals smallstep would answer with a 500 or a non-ACME 404.
+		if err := c.readBody(w, req); err != nil {
+			render.Error(w, req, err)
+			return
+		}
+		if err := c.knownProvisioner(req); err != nil {
+			render.Error(w, req, err)
+			return
+		}
+		r.ServeHTTP(w, req)
 	})
+}
+
+// readBody reads the whole body once, bounded, and keeps it for the
+// prechecks; smallstep gets an identical reader.
+func (c *CA) readBody(w http.ResponseWriter, r *http.Request) error {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			e := acme.NewError(acme.ErrorMalformedType, "request body larger than %d bytes", maxRequestBody)
+			e.Status = http.StatusRequestEntityTooLarge
+			return e
+		}
+		return acme.WrapError(acme.ErrorMalformedType, err, "error reading request body")
+	}
+	stateFrom(r.Context()).body = b
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	return nil
+}
+
+// knownProvisioner answers a path naming no provisioner with a problem
+// document (smallstep answers a plain JSON 404).
+func (c *CA) knownProvisioner(r *http.Request) error {
+	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), "/acme/")
+	if !ok {
+		return nil
+	}
+	seg, _, _ := strings.Cut(rest, "/")
+	name, err := url.PathUnescape(seg)
+	if err == nil && c.linker.specs[name] != nil {
+		return nil
+	}
+	e := acme.NewError(acme.ErrorMalformedType, "no ACME provisioner named %q", seg)
+	e.Status = http.StatusNotFound
+	return e
 }
 
 // logError records the real cause of an ACME error, which smallstep hides

@@ -1,12 +1,10 @@
 package stepca
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -51,15 +49,14 @@ func (l *linker) Middleware(next http.Handler) http.Handler {
 		if c := l.clients[spec.Name]; c != nil {
 			ctx = acme.NewClientContext(ctx, c)
 		}
-		switch route := routePattern(r); {
-		case strings.HasSuffix(route, "/new-account") && spec.usesTokens():
-			if err := l.precheckEAB(ctx, r, spec); err != nil {
-				l.renderWithNonce(w, r.WithContext(ctx), err)
-				return
-			}
-		case strings.HasSuffix(route, "/finalize"):
+		route := routePattern(r)
+		if err := l.precheck(ctx, r, route, spec, st.body); err != nil {
+			l.renderWithNonce(w, r.WithContext(ctx), err)
+			return
+		}
+		if strings.HasSuffix(route, "/finalize") {
 			st.orderID = chi.URLParam(r, "ordID")
-			st.csr = peekCSR(r)
+			st.csr = peekCSR(st.body)
 			ctx = acme.NewProvisionerContext(ctx, &finalizer{ACME: stock, spec: spec, db: l.db})
 		}
 		next.ServeHTTP(w, r.WithContext(ctx))
@@ -83,44 +80,23 @@ func (l *linker) renderWithNonce(w http.ResponseWriter, r *http.Request, err err
 	render.Error(w, r, err)
 }
 
-// readBody returns the request body and puts an identical reader back for
-// smallstep's handlers.
-func readBody(r *http.Request) []byte {
-	if r.Body == nil {
-		return nil
-	}
-	b, err := io.ReadAll(r.Body)
-	r.Body = io.NopCloser(bytes.NewReader(b))
-	if err != nil {
-		return nil
-	}
-	return b
-}
-
 // precheckEAB checks the EAB of a new-account request before smallstep does.
 // smallstep answers a bad EAB signature with a 500; here a wrong HMAC key, an
 // expired, spent, forged or foreign token each get an unauthorized problem.
 // Anything this check cannot parse is left to smallstep, which rejects it with
 // its own malformed problem; the outer JWS is verified by smallstep later, so
 // nothing here is trusted beyond refusing.
-func (l *linker) precheckEAB(ctx context.Context, r *http.Request, spec *Provisioner) error {
-	outer, err := jose.ParseJWS(string(readBody(r)))
-	if err != nil {
-		return nil
+func (l *linker) precheckEAB(ctx context.Context, spec *Provisioner, eabJSON json.RawMessage) error {
+	if len(eabJSON) == 0 || string(eabJSON) == "null" {
+		return nil // smallstep answers externalAccountRequired
 	}
-	var nar struct {
-		EAB json.RawMessage `json:"externalAccountBinding"`
-	}
-	if json.Unmarshal(outer.UnsafePayloadWithoutVerification(), &nar) != nil || len(nar.EAB) == 0 || string(nar.EAB) == "null" {
-		return nil
-	}
-	eab, err := jose.ParseJWS(string(nar.EAB))
+	eab, err := jose.ParseJWS(string(eabJSON))
 	if err != nil || len(eab.Signatures) != 1 {
-		return nil
+		return acme.NewError(acme.ErrorMalformedType, "externalAccountBinding is not a JWS with one signature")
 	}
 	kid := eab.Signatures[0].Protected.KeyID
 	if kid == "" {
-		return nil
+		return acme.NewError(acme.ErrorMalformedType, "externalAccountBinding has no kid")
 	}
 	info, err := l.tokens.check(ctx, spec, kid)
 	if err != nil {
@@ -136,15 +112,11 @@ func (l *linker) precheckEAB(ctx context.Context, r *http.Request, spec *Provisi
 // can compare its key with the account key and answer badCSR (smallstep only
 // hands the hook a context). The JWS itself is verified by smallstep before
 // the hook runs.
-func peekCSR(r *http.Request) *x509.CertificateRequest {
-	jws, err := jose.ParseJWS(string(readBody(r)))
-	if err != nil {
-		return nil
-	}
+func peekCSR(body []byte) *x509.CertificateRequest {
 	var fr struct {
 		CSR string `json:"csr"`
 	}
-	if json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &fr) != nil {
+	if json.Unmarshal(unverifiedPayload(body), &fr) != nil {
 		return nil
 	}
 	der, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(fr.CSR, "="))

@@ -15,6 +15,8 @@ import (
 // is only touched by the request's goroutine.
 type state struct {
 	spec *Provisioner
+	// body is the request body, read once by the outer handler.
+	body []byte
 	// Set by GetExternalAccountKeyByAccountID during new-order.
 	binding  *store.Binding
 	identity *provisioner.Identity
