@@ -120,7 +120,7 @@ func TestPostgreSQL(t *testing.T) {
 	}
 	dsn := startPostgres(t, "crank_ca_test")
 	c := newCA(t, func(cfg *config.Config) {
-		cfg.Storage = config.Storage{Type: config.StoragePostgreSQL, DSN: dsn, MaxOpenConns: 16}
+		cfg.Storage = config.Storage{Type: config.StoragePostgreSQL, DSN: dsn}
 	})
 	c.start()
 	tok := c.token("api")

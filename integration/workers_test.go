@@ -188,6 +188,15 @@ func TestWorkerRefusals(t *testing.T) {
 		return tok
 	}
 
+	// Runs after the parallel subtests: every refusal is an audit event.
+	t.Cleanup(func() {
+		logs := c.logs.String()
+		for _, want := range []string{"the join token has already been used", "the join token has expired", "is not valid for this CA", "is not a known identity"} {
+			if !strings.Contains(logs, `msg="join token refused"`) || !strings.Contains(logs, want) {
+				t.Errorf("audit stream lacks a refusal with %q", want)
+			}
+		}
+	})
 	t.Run("reused token", func(t *testing.T) {
 		t.Parallel()
 		tok := c.token("api")

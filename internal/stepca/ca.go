@@ -21,7 +21,6 @@ import (
 	"github.com/smallstep/certificates/api/render"
 	"github.com/smallstep/certificates/authority"
 	authconfig "github.com/smallstep/certificates/authority/config"
-	"github.com/smallstep/certificates/authority/policy"
 	steppro "github.com/smallstep/certificates/authority/provisioner"
 	stepdb "github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
@@ -106,7 +105,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		_ = auth.Shutdown()
 		return nil, fmt.Errorf("stepca: open ACME tables: %w", err)
 	}
-	tokens := &tokenChecker{key: cfg.TokenKey, store: st, now: now}
+	tokens := &tokenChecker{key: cfg.TokenKey, store: st, now: now, audit: audit}
 	adb := &acmeDB{DB: inner, specs: specsByID(specs), store: st, tokens: tokens, log: logger, audit: audit, now: now}
 	lk := &linker{
 		Linker:  acme.NewLinker("", "acme"),
@@ -152,38 +151,8 @@ func stepProvisioner(p *Provisioner) *steppro.ACME {
 		for _, ch := range p.Challenges {
 			ap.Challenges = append(ap.Challenges, steppro.ACMEChallenge(ch))
 		}
-		if names := namePolicy(p); names != nil {
-			ap.Options = &steppro.Options{X509: &steppro.X509Options{AllowedNames: names}}
-		}
 	}
 	return ap
-}
-
-// namePolicy turns the provisioner's allowed suffixes and ranges into
-// smallstep's policy; nil means no restriction.
-func namePolicy(p *Provisioner) *policy.X509NameOptions {
-	if p.AllowAnyDNS && len(p.AllowedIPRanges) == 0 {
-		return nil
-	}
-	names := &policy.X509NameOptions{}
-	if p.AllowAnyDNS {
-		names.DNSDomains = []string{"*"}
-	}
-	for _, s := range p.AllowedDNSSuffixes {
-		s = trimDot(s)
-		names.DNSDomains = append(names.DNSDomains, s, "*."+s)
-	}
-	for _, r := range p.AllowedIPRanges {
-		names.IPRanges = append(names.IPRanges, r.String())
-	}
-	return names
-}
-
-func trimDot(s string) string {
-	for len(s) > 0 && s[0] == '.' {
-		s = s[1:]
-	}
-	return s
 }
 
 // Handler serves the ACME API under /acme/<provisioner>/...
@@ -237,7 +206,7 @@ func (c *CA) readBody(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			e := acme.NewError(acme.ErrorMalformedType, "request body larger than %d bytes", maxRequestBody)
+			e := acme.NewDetailedError(acme.ErrorMalformedType, "request body larger than %d bytes", maxRequestBody)
 			e.Status = http.StatusRequestEntityTooLarge
 			return e
 		}
@@ -260,7 +229,7 @@ func (c *CA) knownProvisioner(r *http.Request) error {
 	if err == nil && c.linker.specs[name] != nil {
 		return nil
 	}
-	e := acme.NewError(acme.ErrorMalformedType, "no ACME provisioner named %q", seg)
+	e := acme.NewDetailedError(acme.ErrorMalformedType, "no ACME provisioner named %q", seg)
 	e.Status = http.StatusNotFound
 	return e
 }

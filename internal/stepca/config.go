@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/crank-platform/crank-ca/provisioner"
@@ -57,6 +58,41 @@ type Provisioner struct {
 	// validates challenges. Zero means 80 and 443. Development and tests only.
 	HTTP01Port    int
 	TLSALPN01Port int
+}
+
+// allows reports whether an ordinary provisioner's name policy admits an
+// ACME identifier. A DNS name is allowed when it equals a suffix or ends in
+// "." + suffix, at any depth (smallstep's "*.suffix" policy would only allow
+// one label); a wildcard is judged by its base name. Identifier types other
+// than dns and ip are left to smallstep, which refuses them.
+func (p *Provisioner) allows(typ, value string) bool {
+	switch typ {
+	case "dns":
+		name := strings.TrimPrefix(strings.ToLower(value), "*.")
+		if p.AllowAnyDNS {
+			return true
+		}
+		for _, s := range p.AllowedDNSSuffixes {
+			s = strings.ToLower(strings.TrimLeft(s, "."))
+			if name == s || strings.HasSuffix(name, "."+s) {
+				return true
+			}
+		}
+		return false
+	case "ip":
+		addr, err := netip.ParseAddr(value)
+		if err != nil {
+			return false
+		}
+		for _, r := range p.AllowedIPRanges {
+			if r.Contains(addr.Unmap()) {
+				return true
+			}
+		}
+		return false
+	default:
+		return true
+	}
 }
 
 // usesTokens reports whether accounts of p register with crank-ca's

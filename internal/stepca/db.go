@@ -58,7 +58,7 @@ func (d *acmeDB) UpdateExternalAccountKey(ctx context.Context, provID string, ea
 	switch err := d.store.Bind(ctx, b); {
 	case errors.Is(err, store.ErrTokenUsed):
 		d.audit.Warn("token reuse refused", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID)
-		return acme.NewError(acme.ErrorUnauthorizedType, "the join token has already been used")
+		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "the join token has already been used")
 	case err != nil:
 		return acme.WrapErrorISE(err, "error binding account")
 	}
@@ -87,12 +87,12 @@ func (d *acmeDB) GetExternalAccountKeyByAccountID(ctx context.Context, provID, a
 	b, err := d.store.Binding(ctx, accID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return nil, acme.NewError(acme.ErrorUnauthorizedType, "account %s is not bound to an identity; register with a join token", accID)
+		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "account %s is not bound to an identity; register with a join token", accID)
 	case err != nil:
 		return nil, acme.WrapErrorISE(err, "error reading account binding")
 	}
 	if b.Provisioner != spec.Name {
-		return nil, acme.NewError(acme.ErrorUnauthorizedType, "account %s is bound on provisioner %q", accID, b.Provisioner)
+		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "account %s is bound on provisioner %q", accID, b.Provisioner)
 	}
 	st := stateFrom(ctx)
 	st.binding = &b
@@ -101,7 +101,7 @@ func (d *acmeDB) GetExternalAccountKeyByAccountID(ctx context.Context, provID, a
 	}
 	id, err := spec.Identities.Lookup(b.Worker)
 	if err != nil {
-		return nil, acme.NewError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)
+		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)
 	}
 	st.identity = &id
 	return &acme.ExternalAccountKey{
@@ -183,11 +183,11 @@ func (d *acmeDB) CreateOrder(ctx context.Context, o *acme.Order) error {
 
 func checkLifetime(spec *Provisioner, nb, na time.Time) error {
 	if !na.After(nb) {
-		return acme.NewError(acme.ErrorMalformedType, "notAfter must be after notBefore")
+		return acme.NewDetailedError(acme.ErrorMalformedType, "notAfter must be after notBefore")
 	}
 	life := na.Sub(nb)
 	if life < spec.MinDuration || life > spec.MaxDuration+backdateAllowance {
-		return acme.NewError(acme.ErrorMalformedType,
+		return acme.NewDetailedError(acme.ErrorMalformedType,
 			"requested lifetime %s is outside the provisioner's bounds [%s, %s]", life.Round(time.Second), spec.MinDuration, spec.MaxDuration)
 	}
 	return nil

@@ -41,7 +41,7 @@ func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.
 		return nil, acme.WrapErrorISE(err, "error reading account %s", o.AccountID)
 	}
 	if st.csr != nil && sameKey(acc.Key, st.csr.PublicKey) {
-		return nil, acme.NewError(acme.ErrorBadCSRType, "the CSR's public key is the account key; use a separate key for the certificate (RFC 8555 section 11.1)")
+		return nil, acme.NewDetailedError(acme.ErrorBadCSRType, "the CSR's public key is the account key; use a separate key for the certificate (RFC 8555 section 11.1)")
 	}
 	opts = append(opts, accountKeyValidator{account: acc.Key})
 	if f.spec.Kind != KindWorkers {
@@ -50,13 +50,13 @@ func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.
 	b, err := f.db.store.Binding(ctx, o.AccountID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return nil, acme.NewError(acme.ErrorUnauthorizedType, "account %s is not bound to an identity", o.AccountID)
+		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "account %s is not bound to an identity", o.AccountID)
 	case err != nil:
 		return nil, acme.WrapErrorISE(err, "error reading account binding")
 	}
 	id, err := f.spec.Identities.Lookup(b.Worker)
 	if err != nil {
-		return nil, acme.NewError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)
+		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)
 	}
 	return append(opts, leafProfile{identity: id}), nil
 }

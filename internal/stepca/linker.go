@@ -41,7 +41,7 @@ func (l *linker) Middleware(next http.Handler) http.Handler {
 		spec := l.specs[p.GetName()]
 		stock, isACME := p.(*steppro.ACME)
 		if spec == nil || !isACME {
-			render.Error(w, r, acme.NewError(acme.ErrorUnauthorizedType, "provisioner %q is not served here", p.GetName()))
+			render.Error(w, r, acme.NewDetailedError(acme.ErrorUnauthorizedType, "provisioner %q is not served here", p.GetName()))
 			return
 		}
 		st := stateFrom(ctx)
@@ -92,18 +92,18 @@ func (l *linker) precheckEAB(ctx context.Context, spec *Provisioner, eabJSON jso
 	}
 	eab, err := jose.ParseJWS(string(eabJSON))
 	if err != nil || len(eab.Signatures) != 1 {
-		return acme.NewError(acme.ErrorMalformedType, "externalAccountBinding is not a JWS with one signature")
+		return acme.NewDetailedError(acme.ErrorMalformedType, "externalAccountBinding is not a JWS with one signature")
 	}
 	kid := eab.Signatures[0].Protected.KeyID
 	if kid == "" {
-		return acme.NewError(acme.ErrorMalformedType, "externalAccountBinding has no kid")
+		return acme.NewDetailedError(acme.ErrorMalformedType, "externalAccountBinding has no kid")
 	}
 	info, err := l.tokens.check(ctx, spec, kid)
 	if err != nil {
 		return err
 	}
 	if _, err := eab.Verify(info.hmacKey); err != nil {
-		return acme.NewError(acme.ErrorUnauthorizedType, "the external account binding is not signed with the token's HMAC key")
+		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "the external account binding is not signed with the token's HMAC key")
 	}
 	return nil
 }

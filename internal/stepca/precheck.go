@@ -27,7 +27,7 @@ func (l *linker) precheck(ctx context.Context, r *http.Request, route string, sp
 	}
 	// RFC 8555 6.2: flattened JSON serialization only.
 	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] != '{' {
-		return acme.NewError(acme.ErrorMalformedType, "the JWS must use the flattened JSON serialization")
+		return acme.NewDetailedError(acme.ErrorMalformedType, "the JWS must use the flattened JSON serialization")
 	}
 	switch {
 	case strings.HasSuffix(route, "/new-account"):
@@ -66,14 +66,17 @@ func (l *linker) precheck(ctx context.Context, r *http.Request, route string, sp
 		}
 		for _, id := range nor.Identifiers {
 			if id.Type == "dns" && !plausibleDNSName(id.Value) {
-				return acme.NewError(acme.ErrorRejectedIdentifierType, "%q is not a valid DNS name (labels of at most %d and names of at most %d characters)", truncate(id.Value, 80), maxDNSLabel, maxDNSName)
+				return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "%q is not a valid DNS name (labels of at most %d and names of at most %d characters)", truncate(id.Value, 80), maxDNSLabel, maxDNSName)
+			}
+			if spec.Kind == KindACME && !spec.allows(id.Type, id.Value) {
+				return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "%s identifier %q is outside the name policy of provisioner %q", id.Type, truncate(id.Value, 80), spec.Name)
 			}
 		}
 	case strings.HasSuffix(route, "/revoke-cert"):
 		p := unverifiedPayload(body)
 		var obj map[string]json.RawMessage
 		if len(p) > 0 && json.Unmarshal(p, &obj) != nil {
-			return acme.NewError(acme.ErrorMalformedType, "the revocation request payload must be a JSON object")
+			return acme.NewDetailedError(acme.ErrorMalformedType, "the revocation request payload must be a JSON object")
 		}
 	}
 	return nil
@@ -93,7 +96,7 @@ func unverifiedPayload(body []byte) []byte {
 func checkContacts(contacts []string) error {
 	for _, c := range contacts {
 		if c != "" && !strings.HasPrefix(strings.ToLower(c), "mailto:") {
-			return acme.NewError(acme.ErrorUnsupportedContactType, "only mailto: contacts are supported, not %q", truncate(c, 80))
+			return acme.NewDetailedError(acme.ErrorUnsupportedContactType, "only mailto: contacts are supported, not %q", truncate(c, 80))
 		}
 	}
 	return nil
@@ -111,7 +114,7 @@ func checkKIDMatchesPath(body []byte, accID string) error {
 		return nil
 	}
 	if i := strings.LastIndex(kid, "/"); i < 0 || kid[i+1:] != accID {
-		return acme.NewError(acme.ErrorUnauthorizedType, "the request is signed by another account than %s", accID)
+		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "the request is signed by another account than %s", accID)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package stepca
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -71,4 +72,36 @@ func FuzzPrecheckParsers(f *testing.F) {
 		_ = checkKIDMatchesPath(body, accID)
 		_ = plausibleDNSName(string(body))
 	})
+}
+
+func TestProvisionerAllows(t *testing.T) {
+	t.Parallel()
+	p := &Provisioner{Kind: KindACME, AllowedDNSSuffixes: []string{"localhost", ".crank.internal"}, AllowedIPRanges: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+	for _, tc := range []struct {
+		typ, value string
+		ok         bool
+	}{
+		{"dns", "localhost", true},
+		{"dns", "a.localhost", true},
+		{"dns", "x.y.localhost", true},
+		{"dns", "hello.workers.crank.internal", true},
+		{"dns", "crank.internal", true},
+		{"dns", "*.crank.internal", true},
+		{"dns", "LOCALHOST", true},
+		{"dns", "xlocalhost", false},
+		{"dns", "example.com", false},
+		{"ip", "127.0.0.2", true},
+		{"ip", "::1", true},
+		{"ip", "::ffff:127.0.0.1", true},
+		{"ip", "10.0.0.1", false},
+		{"ip", "not-an-ip", false},
+	} {
+		if got := p.allows(tc.typ, tc.value); got != tc.ok {
+			t.Errorf("allows(%s, %q) = %v, want %v", tc.typ, tc.value, got, tc.ok)
+		}
+	}
+	anyDNS := &Provisioner{Kind: KindACME, AllowAnyDNS: true}
+	if !anyDNS.allows("dns", "example.com") || anyDNS.allows("ip", "10.9.9.9") {
+		t.Error("allowAnyDNS must allow every DNS name and no IP outside allowedIPRanges")
+	}
 }

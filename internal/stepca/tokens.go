@@ -3,6 +3,7 @@ package stepca
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/smallstep/certificates/acme"
@@ -19,6 +20,7 @@ type tokenChecker struct {
 	key   *provisioner.TokenKey
 	store *store.Store
 	now   func() time.Time
+	audit *slog.Logger
 }
 
 type tokenInfo struct {
@@ -27,33 +29,49 @@ type tokenInfo struct {
 	identity *provisioner.Identity // workers only
 }
 
+// check decides, and records every refusal in the audit stream: a refused
+// token is an attestation decision as much as a binding is.
 func (t *tokenChecker) check(ctx context.Context, spec *Provisioner, kid string) (tokenInfo, error) {
+	info, err := t.decide(ctx, spec, kid)
+	if err != nil {
+		reason := err.Error()
+		var ae *acme.Error
+		if errors.As(err, &ae) {
+			reason = ae.Detail
+		}
+		t.audit.Warn("join token refused", "provisioner", spec.Name, "worker", info.claims.Worker, "kid", kidPrefix(kid), "reason", reason)
+		return tokenInfo{}, err
+	}
+	return info, nil
+}
+
+func (t *tokenChecker) decide(ctx context.Context, spec *Provisioner, kid string) (tokenInfo, error) {
 	claims, hmacKey, err := t.key.Verify(kid, t.now())
 	switch {
 	case errors.Is(err, provisioner.ErrTokenExpired):
-		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the join token has expired; mint a new one")
+		return tokenInfo{}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "the join token has expired; mint a new one")
 	case errors.Is(err, provisioner.ErrTokenForged):
-		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the join token is not valid for this CA (tampered or minted elsewhere)")
+		return tokenInfo{}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "the join token is not valid for this CA (tampered or minted elsewhere)")
 	case err != nil:
-		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the external account binding kid is not a crank-ca token")
+		return tokenInfo{}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "the external account binding kid is not a crank-ca token")
 	}
 	if claims.Provisioner != spec.Name {
-		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the token was minted for provisioner %q, not %q", claims.Provisioner, spec.Name)
+		return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "the token was minted for provisioner %q, not %q", claims.Provisioner, spec.Name)
 	}
 	info := tokenInfo{claims: claims, hmacKey: hmacKey}
 	switch spec.Kind {
 	case KindWorkers:
 		if claims.Worker == "" {
-			return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the token names no worker")
+			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "the token names no worker")
 		}
 		id, err := spec.Identities.Lookup(claims.Worker)
 		if err != nil {
-			return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "worker %q is not a known identity", claims.Worker)
+			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is not a known identity", claims.Worker)
 		}
 		info.identity = &id
 	default:
 		if claims.Worker != "" {
-			return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "a worker token cannot register on provisioner %q", spec.Name)
+			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "a worker token cannot register on provisioner %q", spec.Name)
 		}
 	}
 	used, err := t.store.TokenUsed(ctx, kid)
@@ -61,7 +79,7 @@ func (t *tokenChecker) check(ctx context.Context, spec *Provisioner, kid string)
 		return tokenInfo{}, acme.WrapErrorISE(err, "error reading token state")
 	}
 	if used {
-		return tokenInfo{}, acme.NewError(acme.ErrorUnauthorizedType, "the join token has already been used")
+		return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "the join token has already been used")
 	}
 	return info, nil
 }
