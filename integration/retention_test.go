@@ -42,6 +42,9 @@ func TestRetention(t *testing.T) {
 	if st.Certificates != n || st.Orders != n-1 || st.Authorizations != n || st.Challenges != n {
 		t.Errorf("sweep deleted %+v, want %d certificates, authorizations and challenges and %d orders", st, n, n-1)
 	}
+	if st.SpentTokens != 1 {
+		t.Errorf("sweep forgot %d spent tokens, want the one expired token", st.SpentTokens)
+	}
 	if st.Nonces == 0 {
 		t.Errorf("sweep kept %+v stale nonces", st)
 	}

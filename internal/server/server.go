@@ -171,7 +171,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
-	s.log.Info("crank-ca serving", "addr", ln.Addr().String(), "fingerprint", s.Fingerprint(), "storage", s.cfg.Storage.String())
+	storage := Storage(s.cfg)
+	if storage.Type != "bbolt" {
+		storage.DataSource = config.RedactDSN(storage.DataSource)
+	}
+	s.log.Info("crank-ca serving", "addr", ln.Addr().String(), "fingerprint", s.Fingerprint(), "storage", storage.Type, "dataSource", storage.DataSource)
 
 	var serveErr error
 	select {

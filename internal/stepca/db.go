@@ -55,6 +55,11 @@ func (d *acmeDB) UpdateExternalAccountKey(ctx context.Context, provID string, ea
 		return d.DB.UpdateExternalAccountKey(ctx, provID, eak)
 	}
 	b := store.Binding{AccountID: eak.AccountID, Provisioner: spec.Name, Worker: eak.Reference, KID: eak.ID, BoundAt: eak.BoundAt}
+	// The kid verified moments ago in GetExternalAccountKey; read its expiry
+	// as of the epoch so that a token expiring right now still records one.
+	if claims, _, err := d.tokens.key.Verify(eak.ID, time.Unix(0, 0)); err == nil {
+		b.TokenExpiresAt = claims.ExpiresAt
+	}
 	switch err := d.store.Bind(ctx, b); {
 	case errors.Is(err, store.ErrTokenUsed):
 		d.audit.Warn("token reuse refused", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID)

@@ -30,6 +30,9 @@ type Binding struct {
 	Worker      string    `json:"worker,omitempty"`
 	KID         string    `json:"kid"`
 	BoundAt     time.Time `json:"boundAt"`
+	// TokenExpiresAt lets retention forget the spent token once it could
+	// not be used anyway.
+	TokenExpiresAt time.Time `json:"tokenExpiresAt,omitzero"`
 }
 
 // Config configures a Store.

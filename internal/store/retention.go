@@ -66,7 +66,7 @@ func NewRetainer(cfg RetainerConfig) *Retainer {
 
 // Stats counts what one sweep deleted.
 type Stats struct {
-	Orders, Authorizations, Challenges, Certificates, Revocations, Nonces int
+	Orders, Authorizations, Challenges, Certificates, Revocations, Nonces, SpentTokens int
 }
 
 // Run sweeps once immediately and then every interval until ctx is done.
@@ -79,7 +79,7 @@ func (r *Retainer) Run(ctx context.Context, interval time.Duration) {
 			r.log.Error("retention sweep failed", "err", err)
 		} else if st != (Stats{}) {
 			r.log.Info("retention sweep", "orders", st.Orders, "authorizations", st.Authorizations,
-				"challenges", st.Challenges, "certificates", st.Certificates, "revocations", st.Revocations, "nonces", st.Nonces)
+				"challenges", st.Challenges, "certificates", st.Certificates, "revocations", st.Revocations, "nonces", st.Nonces, "spentTokens", st.SpentTokens)
 		}
 		select {
 		case <-ctx.Done():
@@ -96,7 +96,7 @@ func (r *Retainer) Sweep(ctx context.Context) (Stats, error) {
 	var st Stats
 	var errs []error
 	steps := []func(context.Context, time.Time, *Stats) error{
-		r.sweepOrders, r.sweepAuthorizations, r.sweepACMECerts, r.sweepX509Certs, r.sweepRevocations,
+		r.sweepOrders, r.sweepAuthorizations, r.sweepACMECerts, r.sweepX509Certs, r.sweepRevocations, r.sweepSpentTokens,
 	}
 	for _, step := range steps {
 		if err := ctx.Err(); err != nil {
@@ -295,6 +295,26 @@ func (r *Retainer) sweepNonces(cutoff time.Time, st *Stats) error {
 			return err
 		}
 		st.Nonces++
+	}
+	return nil
+}
+
+// sweepSpentTokens forgets spent tokens whose expiry passed the cutoff: they
+// are refused as expired from then on. Bindings stay as long as accounts do.
+func (r *Retainer) sweepSpentTokens(_ context.Context, cutoff time.Time, st *Stats) error {
+	es, err := r.list(tokenUsesTable)
+	if err != nil {
+		return err
+	}
+	for _, e := range es {
+		var b Binding
+		if json.Unmarshal(e.Value, &b) != nil || b.TokenExpiresAt.IsZero() || b.TokenExpiresAt.After(cutoff) {
+			continue
+		}
+		if err := r.del(tokenUsesTable, e.Key); err != nil {
+			return err
+		}
+		st.SpentTokens++
 	}
 	return nil
 }

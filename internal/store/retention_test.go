@@ -12,7 +12,7 @@ func TestSweepKeepsIndexedAndLiveRecords(t *testing.T) {
 	t.Parallel()
 	db := openBolt(t)
 	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
-	for _, tbl := range [][]byte{ordersTable, accountOrdersTable, authzTable, challengeTable, nonceTable} {
+	for _, tbl := range [][]byte{ordersTable, accountOrdersTable, authzTable, challengeTable, nonceTable, tokenUsesTable} {
 		if err := db.CreateTable(tbl); err != nil {
 			t.Fatal(err)
 		}
@@ -39,13 +39,15 @@ func TestSweepKeepsIndexedAndLiveRecords(t *testing.T) {
 	}
 	put(nonceTable, "n-old", map[string]any{"CreatedAt": now.Add(-2 * time.Hour)})
 	put(nonceTable, "n-new", map[string]any{"CreatedAt": now.Add(-time.Minute)})
+	put(tokenUsesTable, "kid-old", Binding{KID: "kid-old", TokenExpiresAt: old})
+	put(tokenUsesTable, "kid-live", Binding{KID: "kid-live", TokenExpiresAt: recent})
 
 	r := NewRetainer(RetainerConfig{DB: db, Keep: 24 * time.Hour, Now: func() time.Time { return now }})
 	st, err := r.Sweep(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Stats{Orders: 1, Authorizations: 1, Challenges: 2, Nonces: 1}
+	want := Stats{Orders: 1, Authorizations: 1, Challenges: 2, Nonces: 1, SpentTokens: 1}
 	if st != want {
 		t.Errorf("stats = %+v, want %+v", st, want)
 	}
@@ -63,6 +65,8 @@ func TestSweepKeepsIndexedAndLiveRecords(t *testing.T) {
 		{challengeTable, "ch-3", true},
 		{nonceTable, "n-old", false},
 		{nonceTable, "n-new", true},
+		{tokenUsesTable, "kid-old", false},
+		{tokenUsesTable, "kid-live", true},
 	} {
 		_, err := db.Get(tc.tbl, []byte(tc.key))
 		if kept := err == nil; kept != tc.kept {
