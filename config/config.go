@@ -79,9 +79,6 @@ type Storage struct {
 	// ("postgresql://user:pass@host:5432/db?sslmode=verify-full") or in
 	// libpq key=value form. Must be empty for bbolt.
 	DSN string `json:"dsn,omitempty"`
-	// MaxOpenConns bounds the PostgreSQL connection pool. Default 16 for
-	// postgresql; must be unset for bbolt.
-	MaxOpenConns int `json:"maxOpenConns,omitempty"`
 }
 
 // Retention controls the cleanup of data that is no longer needed.
@@ -115,13 +112,16 @@ type Claims struct {
 // type only; setting them on the other type is an error rather than being
 // ignored, because an ignored policy is a silent security bug.
 type Provisioner struct {
-	// Name is unique, [a-z0-9-]{1,63}; it appears in URLs.
+	// Name is unique and a DNS label, [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?
+	// (no '-' at either end); it appears in URLs.
 	Name string `json:"name"`
 	// Type is "worker-attestation" or "acme".
 	Type   string `json:"type"`
 	Claims Claims `json:"claims"`
 
-	// Worker-attestation only. Workers, Identities or both are required.
+	// Worker-attestation only. Workers, Identities or both are required,
+	// and each must be able to order something: a pattern needs at least
+	// one DNS template or IP, an identity at least one DNS name or IP.
 	Workers    *WorkerPattern   `json:"workers,omitempty"`
 	Identities []WorkerIdentity `json:"identities,omitempty"`
 	// JoinTokens defaults to 1h/24h when absent.

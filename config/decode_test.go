@@ -54,6 +54,11 @@ func TestDecodeRejects(t *testing.T) {
 			want: []string{`json: unknown field "Listen" (field names are case-sensitive: did you mean "listen"?)`},
 		},
 		{
+			name: "removed storage.maxOpenConns is unknown",
+			in:   `{"storage":{"type":"postgresql","dsn":"host=db","maxOpenConns":16}}`,
+			want: []string{`storage: json: unknown field "maxOpenConns"`},
+		},
+		{
 			name: "Dir is not settable from JSON",
 			in:   `{"Dir":"/tmp"}`,
 			want: []string{`json: unknown field "Dir"`},
@@ -80,24 +85,24 @@ func TestDecodeRejects(t *testing.T) {
 		},
 		{
 			name: "wrong types with paths",
-			in:   `{"listen":9090,"dnsNames":"localhost","storage":{"maxOpenConns":"16"},"provisioners":[{"requireEAB":"yes","claims":[]}]}`,
+			in:   `{"listen":9090,"dnsNames":"localhost","provisioners":[{"requireEAB":"yes","claims":[],"validationPorts":{"http01":"80"}}]}`,
 			want: []string{
 				"listen: must be a JSON string, not a number",
 				"dnsNames: must be a JSON array, not a string",
-				"storage.maxOpenConns: must be an integer, not a string",
 				"provisioners[0].requireEAB: must be true or false, not a string",
 				"provisioners[0].claims: must be a JSON object, not an array",
+				"provisioners[0].validationPorts.http01: must be an integer, not a string",
 			},
 		},
 		{
 			name: "non-integer number",
-			in:   `{"storage":{"maxOpenConns":1.5}}`,
-			want: []string{"storage.maxOpenConns: must be an integer, not 1.5"},
+			in:   `{"provisioners":[{"validationPorts":{"http01":1.5}}]}`,
+			want: []string{"provisioners[0].validationPorts.http01: must be an integer, not 1.5"},
 		},
 		{
 			name: "huge integer",
-			in:   `{"storage":{"maxOpenConns":99999999999999999999}}`,
-			want: []string{"storage.maxOpenConns: must be an integer, not 99999999999999999999"},
+			in:   `{"provisioners":[{"validationPorts":{"http01":99999999999999999999}}]}`,
+			want: []string{"provisioners[0].validationPorts.http01: must be an integer, not 99999999999999999999"},
 		},
 		{
 			name: "durations with paths",
@@ -190,11 +195,11 @@ func TestDecodeAccepts(t *testing.T) {
 		},
 		{
 			name: "nested values",
-			in: `{"storage":{"type":"postgresql","dsn":"host=db","maxOpenConns":4},
+			in: `{"storage":{"type":"postgresql","dsn":"host=db"},
 			      "provisioners":[{"name":"a","type":"acme","requireEAB":true,"claims":{"maxCertDuration":"48h"},
 			                       "validationPorts":{"http01":8080}}]}`,
 			want: &Config{
-				Storage: Storage{Type: "postgresql", DSN: "host=db", MaxOpenConns: 4},
+				Storage: Storage{Type: "postgresql", DSN: "host=db"},
 				Provisioners: []Provisioner{{
 					Name: "a", Type: "acme", RequireEAB: true,
 					Claims:          Claims{MaxCertDuration: Dur(48 * time.Hour)},

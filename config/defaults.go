@@ -13,10 +13,12 @@ const (
 	DefaultIntermediateKey  = "pki/intermediate.key"
 	DefaultTokenKeyFile     = "secrets/token.key"
 	DefaultBoltPath         = "db/crank-ca.db"
-	DefaultMaxOpenConns     = 16
 	DefaultLogLevel         = "info"
 	DefaultLogFormat        = "text"
 	DefaultSPIFFEIDTemplate = "spiffe://{trustDomain}/worker/{worker}"
+	// DefaultWorkerPattern is the worker pattern Default writes. It admits
+	// exactly the valid worker names (a DNS label, no '-' at either end).
+	DefaultWorkerPattern = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 
 	DefaultServerCertLifetime  = 24 * time.Hour
 	DefaultRetentionExpired    = 24 * time.Hour
@@ -52,7 +54,7 @@ func AllChallenges() []string {
 // idempotent.
 //
 // Defaults that depend on a choice are only applied once the choice is
-// known: storage path or pool size by storage type, claims, join tokens and
+// known: the storage path by storage type, claims, join tokens and
 // challenges by provisioner type. Provisioners themselves are never
 // defaulted: an operator must decide who may obtain certificates.
 //
@@ -60,7 +62,7 @@ func AllChallenges() []string {
 // "crank.internal", tokenKeyFile "secrets/token.key"; pki: rootCert
 // "pki/root.crt", intermediateCert "pki/intermediate.crt", intermediateKey
 // "pki/intermediate.key", serverCertLifetime 24h; storage: type "bbolt",
-// bbolt path "db/crank-ca.db", postgresql maxOpenConns 16; retention:
+// bbolt path "db/crank-ca.db"; retention:
 // expiredCertificates 24h, interval 1h; log: level "info", format "text".
 //
 // Provisioners: claims per DefaultClaims; worker-attestation: joinTokens
@@ -80,13 +82,8 @@ func (c *Config) ApplyDefaults() {
 	setDuration(&c.PKI.ServerCertLifetime, DefaultServerCertLifetime)
 
 	setString(&c.Storage.Type, StorageBolt)
-	switch c.Storage.Type {
-	case StorageBolt:
+	if c.Storage.Type == StorageBolt {
 		setString(&c.Storage.Path, DefaultBoltPath)
-	case StoragePostgreSQL:
-		if c.Storage.MaxOpenConns == 0 {
-			c.Storage.MaxOpenConns = DefaultMaxOpenConns
-		}
 	}
 
 	setString(&c.TokenKeyFile, DefaultTokenKeyFile)
@@ -154,7 +151,8 @@ type InitOptions struct {
 // Default returns the configuration `crank-ca init` writes: all defaults
 // applied, plus two provisioners so a fresh install works end to end:
 //
-//   - "workers" (worker-attestation): any worker named [a-z0-9-]{1,63}
+//   - "workers" (worker-attestation): any worker whose name is a DNS
+//     label, [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])? (DefaultWorkerPattern),
 //     gets {worker}.workers.{trustDomain} and a SPIFFE ID.
 //   - "adhoc" (acme): all challenges, limited to localhost and names under
 //     the trust domain, and loopback IPs, so it cannot issue for public
@@ -174,7 +172,7 @@ func Default(opts InitOptions) *Config {
 			Name: "workers",
 			Type: TypeWorkerAttestation,
 			Workers: &WorkerPattern{
-				Pattern:          "[a-z0-9-]{1,63}",
+				Pattern:          DefaultWorkerPattern,
 				DNSTemplates:     []string{"{worker}.workers.{trustDomain}"},
 				SPIFFEIDTemplate: DefaultSPIFFEIDTemplate,
 			},

@@ -2,6 +2,8 @@ package config
 
 import (
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,7 +60,7 @@ func TestApplyDefaults(t *testing.T) {
 			in: &Config{
 				Listen:   ":1",
 				DNSNames: []string{"ca.example"},
-				Storage:  Storage{Type: StoragePostgreSQL, DSN: "host=db", MaxOpenConns: 2},
+				Storage:  Storage{Type: StoragePostgreSQL, DSN: "host=db"},
 				Log:      Log{Level: "debug"},
 				Provisioners: []Provisioner{{
 					Name: "w", Type: TypeWorkerAttestation,
@@ -77,7 +79,7 @@ func TestApplyDefaults(t *testing.T) {
 					RootCert: "pki/root.crt", IntermediateCert: "pki/intermediate.crt", IntermediateKey: "pki/intermediate.key",
 					ServerCertLifetime: Dur(24 * time.Hour),
 				},
-				Storage:      Storage{Type: "postgresql", DSN: "host=db", MaxOpenConns: 2},
+				Storage:      Storage{Type: "postgresql", DSN: "host=db"},
 				TokenKeyFile: "secrets/token.key",
 				Retention:    Retention{ExpiredCertificates: Dur(24 * time.Hour), Interval: Dur(time.Hour)},
 				Log:          Log{Level: "debug", Format: "text"},
@@ -93,12 +95,12 @@ func TestApplyDefaults(t *testing.T) {
 			},
 		},
 		{
-			name: "postgresql pool default",
+			name: "postgresql gets no bbolt path",
 			in:   &Config{Storage: Storage{Type: StoragePostgreSQL}},
 			want: func() *Config {
 				c := &Config{}
 				c.ApplyDefaults()
-				c.Storage = Storage{Type: StoragePostgreSQL, MaxOpenConns: 16}
+				c.Storage = Storage{Type: StoragePostgreSQL}
 				return c
 			}(),
 		},
@@ -187,5 +189,25 @@ func TestProvisionerLookup(t *testing.T) {
 	}
 	if p, ok := c.Provisioner("nope"); ok || p != nil {
 		t.Errorf("Provisioner(nope) = %v, %v; want nil, false", p, ok)
+	}
+}
+
+// TestDefaultWorkerPatternAdmitsOnlyValidNames keeps the pattern Default
+// writes in line with the worker name syntax: every name it admits must be
+// a valid worker name (no '-' at either end), and every valid name admitted.
+func TestDefaultWorkerPatternAdmitsOnlyValidNames(t *testing.T) {
+	t.Parallel()
+	re := regexp.MustCompile("^(?:" + DefaultWorkerPattern + ")$")
+	for _, name := range []string{
+		"a", "0", "hello", "web-1", "a--b", strings.Repeat("a", 63), "a" + strings.Repeat("-", 61) + "b",
+		"", "-", "-a", "a-", "-a-", "A", "a_b", "a.b", strings.Repeat("a", 64),
+	} {
+		if got, want := re.MatchString(name), isDNSLabel(name); got != want {
+			t.Errorf("pattern matches %q = %v, but valid name = %v", name, got, want)
+		}
+	}
+	w, ok := Default(InitOptions{}).Provisioner("workers")
+	if !ok || w.Workers == nil || w.Workers.Pattern != DefaultWorkerPattern {
+		t.Errorf("Default workers provisioner = %+v, want pattern %q", w, DefaultWorkerPattern)
 	}
 }

@@ -77,8 +77,15 @@ func TestExampleContents(t *testing.T) {
 		t.Errorf("storage = %v, want postgresql with a DSN", c.Storage)
 	}
 	acme, ok := c.Provisioner("acme-internal")
-	if !ok || !acme.RequireEAB || acme.ValidationPorts == nil {
-		t.Errorf("acme-internal = %+v, want requireEAB and validationPorts", acme)
+	if !ok || !acme.RequireEAB {
+		t.Errorf("acme-internal = %+v, want requireEAB", acme)
+	}
+	// validationPorts is for development and tests only; the
+	// production-style example must not show it.
+	for _, p := range c.Provisioners {
+		if p.ValidationPorts != nil {
+			t.Errorf("provisioner %q sets validationPorts", p.Name)
+		}
 	}
 	workers, ok := c.Provisioner("workers")
 	if !ok || len(workers.Identities) == 0 || len(workers.Identities[0].IPs) == 0 {

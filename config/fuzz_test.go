@@ -24,7 +24,7 @@ func FuzzDecode(f *testing.F) {
 	for _, s := range []string{
 		`{}`, `null`, `[]`, `{"listn":1}`, `{} {}`, `{"listen":"a","listen":"b"}`,
 		`{"pki":{"serverCertLifetime":"-5m"}}`, `{"provisioners":[null,{"claims":{"x":[[[{}]]]}}]}`,
-		`{"storage":{"maxOpenConns":1e400}}`, `{"provisioners":[{"type":"acme","policy":{"allowedIPRanges":["::/0"]}}]}`,
+		`{"provisioners":[{"validationPorts":{"http01":1e400}}]}`, `{"provisioners":[{"type":"acme","policy":{"allowedIPRanges":["::/0"]}}]}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -23,16 +23,13 @@ func (s Storage) String() string {
 	if s.DSN != "" {
 		fmt.Fprintf(&b, " dsn=%q", RedactDSN(s.DSN))
 	}
-	if s.MaxOpenConns != 0 {
-		fmt.Fprintf(&b, " maxOpenConns=%d", s.MaxOpenConns)
-	}
 	return b.String()
 }
 
 // GoString redacts like String so %#v cannot leak the password either.
 func (s Storage) GoString() string {
-	return fmt.Sprintf("config.Storage{Type:%q, Path:%q, DSN:%q, MaxOpenConns:%d}",
-		s.Type, s.Path, RedactDSN(s.DSN), s.MaxOpenConns)
+	return fmt.Sprintf("config.Storage{Type:%q, Path:%q, DSN:%q}",
+		s.Type, s.Path, RedactDSN(s.DSN))
 }
 
 // LogValue redacts like String for structured logging.
@@ -43,9 +40,6 @@ func (s Storage) LogValue() slog.Value {
 	}
 	if s.DSN != "" {
 		attrs = append(attrs, slog.String("dsn", RedactDSN(s.DSN)))
-	}
-	if s.MaxOpenConns != 0 {
-		attrs = append(attrs, slog.Int("maxOpenConns", s.MaxOpenConns))
 	}
 	return slog.GroupValue(attrs...)
 }

@@ -18,8 +18,8 @@ func TestStorageRedaction(t *testing.T) {
 	}{
 		{
 			name:    "url with password",
-			s:       Storage{Type: StoragePostgreSQL, DSN: "postgresql://ca:hunter2@db:5432/ca?sslmode=verify-full", MaxOpenConns: 16},
-			want:    `type=postgresql dsn="postgresql://ca:REDACTED@db:5432/ca?sslmode=verify-full" maxOpenConns=16`,
+			s:       Storage{Type: StoragePostgreSQL, DSN: "postgresql://ca:hunter2@db:5432/ca?sslmode=verify-full"},
+			want:    `type=postgresql dsn="postgresql://ca:REDACTED@db:5432/ca?sslmode=verify-full"`,
 			wantDSN: "postgresql://ca:REDACTED@db:5432/ca?sslmode=verify-full",
 		},
 		{

@@ -93,9 +93,6 @@ func (c *Config) validateStorage(ps *problems) {
 		if s.DSN != "" {
 			ps.addf("storage.dsn", "only valid for storage type %q", StoragePostgreSQL)
 		}
-		if s.MaxOpenConns != 0 {
-			ps.addf("storage.maxOpenConns", "only valid for storage type %q", StoragePostgreSQL)
-		}
 	case StoragePostgreSQL:
 		if s.Path != "" {
 			ps.addf("storage.path", "only valid for storage type %q", StorageBolt)
@@ -105,17 +102,14 @@ func (c *Config) validateStorage(ps *problems) {
 		} else if err := checkDSN(s.DSN); err != nil {
 			ps.addf("storage.dsn", "%v", err)
 		}
-		if s.MaxOpenConns < 1 {
-			ps.addf("storage.maxOpenConns", "must be at least 1")
-		}
 	default:
 		ps.addf("storage.type", "must be %q or %q; got %q", StorageBolt, StoragePostgreSQL, s.Type)
 	}
 }
 
 func (p *Provisioner) validate(ps *problems, path string) {
-	if !isProvisionerName(p.Name) {
-		ps.addf(path+".name", "must be 1-63 characters of a-z, 0-9 and '-'; got %q", p.Name)
+	if !isDNSLabel(p.Name) {
+		ps.addf(path+".name", "must be a DNS label ([a-z0-9], '-' inside, at most 63); got %q", p.Name)
 	}
 	switch p.Type {
 	case TypeWorkerAttestation:
@@ -173,6 +167,10 @@ func (p *Provisioner) validateWorker(ps *problems, path string) {
 			}
 		}
 		checkIPs(ps, wp+".ips", w.IPs)
+		if len(w.DNSTemplates) == 0 && len(w.IPs) == 0 {
+			// An ACME order needs at least one identifier.
+			ps.addf(wp, "needs at least one dnsTemplate or ip")
+		}
 		if err := checkTemplate(w.SPIFFEIDTemplate); err != nil {
 			ps.addf(wp+".spiffeIDTemplate", "%v", err)
 		} else if !strings.HasPrefix(w.SPIFFEIDTemplate, "spiffe://") {
@@ -182,7 +180,7 @@ func (p *Provisioner) validateWorker(ps *problems, path string) {
 	seen := make(map[string]int)
 	for i, id := range p.Identities {
 		ip := fmt.Sprintf("%s.identities[%d]", path, i)
-		if !isIdentityName(id.Name) {
+		if !isDNSLabel(id.Name) {
 			ps.addf(ip+".name", "must be a DNS label ([a-z0-9], '-' inside, at most 63); got %q", id.Name)
 		} else if j, dup := seen[id.Name]; dup {
 			ps.addf(ip+".name", "duplicate identity %q (also identities[%d])", id.Name, j)
@@ -191,6 +189,9 @@ func (p *Provisioner) validateWorker(ps *problems, path string) {
 		}
 		checkNames(ps, ip+".dnsNames", id.DNSNames)
 		checkIPs(ps, ip+".ips", id.IPs)
+		if len(id.DNSNames) == 0 && len(id.IPs) == 0 {
+			ps.addf(ip, "needs at least one dnsName or ip")
+		}
 		if id.SPIFFEID != "" && !strings.HasPrefix(id.SPIFFEID, "spiffe://") {
 			ps.addf(ip+".spiffeID", "must start with \"spiffe://\"")
 		}
@@ -401,8 +402,10 @@ func checkTemplate(t string) error {
 	}
 }
 
-func isProvisionerName(s string) bool {
-	if len(s) < 1 || len(s) > 63 {
+// isDNSLabel reports whether s matches [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?,
+// the syntax of provisioner and worker names.
+func isDNSLabel(s string) bool {
+	if len(s) < 1 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
 		return false
 	}
 	for _, r := range s {
@@ -411,11 +414,6 @@ func isProvisionerName(s string) bool {
 		}
 	}
 	return true
-}
-
-// isIdentityName reports whether s matches [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?.
-func isIdentityName(s string) bool {
-	return isProvisionerName(s) && s[0] != '-' && s[len(s)-1] != '-'
 }
 
 func isLowerAlnum(r rune) bool {

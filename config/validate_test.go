@@ -76,11 +76,11 @@ func TestValidate(t *testing.T) {
 		{name: "storage type unknown", mutate: func(c *Config) { c.Storage.Type = "postgres" },
 			want: []string{`storage.type: must be "bbolt" or "postgresql"; got "postgres"`}},
 		{name: "bbolt with postgresql fields", mutate: func(c *Config) {
-			c.Storage = Storage{Type: StorageBolt, DSN: "host=db", MaxOpenConns: 3}
-		}, want: []string{"storage.path: required", `storage.dsn: only valid for storage type "postgresql"`, `storage.maxOpenConns: only valid for storage type "postgresql"`}},
+			c.Storage = Storage{Type: StorageBolt, DSN: "host=db"}
+		}, want: []string{"storage.path: required", `storage.dsn: only valid for storage type "postgresql"`}},
 		{name: "postgresql with bbolt fields", base: pgBase, mutate: func(c *Config) {
-			c.Storage.Path, c.Storage.DSN, c.Storage.MaxOpenConns = "x.db", "", 0
-		}, want: []string{`storage.path: only valid for storage type "bbolt"`, `storage.dsn: required for storage type "postgresql"`, "storage.maxOpenConns: must be at least 1"}},
+			c.Storage.Path, c.Storage.DSN = "x.db", ""
+		}, want: []string{`storage.path: only valid for storage type "bbolt"`, `storage.dsn: required for storage type "postgresql"`}},
 		{name: "postgresql key=value DSN is valid", base: pgBase, mutate: func(c *Config) {
 			c.Storage.DSN = "host=db port=5432 user=ca password='p w\\'d' dbname=ca sslmode=verify-full"
 		}},
@@ -98,7 +98,17 @@ func TestValidate(t *testing.T) {
 		{name: "provisioner names", mutate: func(c *Config) {
 			c.Provisioners[0].Name = "Workers"
 			c.Provisioners[1].Name = strings.Repeat("a", 64)
-		}, want: []string{`provisioners[0].name: must be 1-63 characters`, `provisioners[1].name: must be 1-63 characters`}},
+		}, want: []string{`provisioners[0].name: must be a DNS label`, `provisioners[1].name: must be a DNS label`}},
+		{name: "provisioner name hyphen at either end", mutate: func(c *Config) {
+			c.Provisioners[0].Name = "-workers"
+			c.Provisioners[1].Name = "adhoc-"
+		}, want: []string{`provisioners[0].name: must be a DNS label ([a-z0-9], '-' inside, at most 63); got "-workers"`, `provisioners[1].name: must be a DNS label`}},
+		{name: "provisioner name edge cases are valid", mutate: func(c *Config) {
+			c.Provisioners[0].Name = "a"
+			c.Provisioners[1].Name = "a-" + strings.Repeat("b", 60) + "9"
+		}},
+		{name: "provisioner name empty", mutate: func(c *Config) { c.Provisioners[1].Name = "" },
+			want: []string{`provisioners[1].name: must be a DNS label`}},
 		{name: "duplicate provisioner names", mutate: func(c *Config) { c.Provisioners[1].Name = "workers" },
 			want: []string{`provisioners[1].name: duplicate name "workers" (also provisioners[0])`}},
 		{name: "unknown provisioner type", mutate: func(c *Config) { c.Provisioners[1].Type = "jwk" },
@@ -163,7 +173,7 @@ func TestValidate(t *testing.T) {
 				{Name: "gw", DNSNames: []string{"gw.example"}},
 				{Name: "gw", DNSNames: []string{"GW"}},
 				{Name: "-bad", IPs: []string{"nope"}},
-				{Name: "x", SPIFFEID: "gw"},
+				{Name: "x", DNSNames: []string{"x.example"}, SPIFFEID: "gw"},
 			}
 		}, want: []string{
 			w + `.identities[1].name: duplicate identity "gw" (also identities[0])`,
@@ -171,6 +181,19 @@ func TestValidate(t *testing.T) {
 			w + `.identities[2].name: must be a DNS label`,
 			w + `.identities[2].ips[0]: not an IP address: "nope"`,
 			w + `.identities[3].spiffeID: must start with "spiffe://"`,
+		}},
+		{name: "identity that can order nothing", mutate: func(c *Config) {
+			c.Provisioners[0].Identities = []WorkerIdentity{
+				{Name: "gw", DNSNames: []string{"gw.example"}},
+				{Name: "empty", SPIFFEID: "spiffe://crank.internal/empty"},
+				{Name: "ip-only", IPs: []string{"10.0.0.1"}},
+			}
+		}, want: []string{w + ".identities[1]: needs at least one dnsName or ip"}},
+		{name: "worker pattern that can order nothing", mutate: func(c *Config) { c.Provisioners[0].Workers.DNSTemplates = nil },
+			want: []string{w + ".workers: needs at least one dnsTemplate or ip"}},
+		{name: "worker pattern with IPs only is valid", mutate: func(c *Config) {
+			c.Provisioners[0].Workers.DNSTemplates = nil
+			c.Provisioners[0].Workers.IPs = []string{"10.0.0.1"}
 		}},
 		{name: "identity name 63 chars is valid", mutate: func(c *Config) {
 			c.Provisioners[0].Identities = []WorkerIdentity{{Name: strings.Repeat("a", 63), IPs: []string{"10.0.0.1"}}}
