@@ -113,6 +113,11 @@ type TokenClaims struct {
 	Worker      string    // "" for plain EAB credentials
 	ExpiresAt   time.Time // second precision
 	Nonce       string    // base64url of 16 random bytes; makes every token unique
+	// DNSNames and IPs tell the worker which names to order on its first
+	// issuance (it cannot read the CA's configuration). They are hints under
+	// the MAC: the CA decides from its own configuration.
+	DNSNames []string
+	IPs      []string
 }
 
 // Token is a minted join token. HMACKey is a secret; only Encode and
@@ -146,11 +151,34 @@ func (t Token) HMACKeyString() string { return base64.RawURLEncoding.EncodeToStr
 // kidPayload is the signed JSON. Short names keep the KID short; field order
 // is fixed by the struct so minting is deterministic.
 type kidPayload struct {
-	P string `json:"p"`
-	W string `json:"w"`
-	E int64  `json:"e"`
-	N string `json:"n"`
+	P string   `json:"p"`
+	W string   `json:"w"`
+	E int64    `json:"e"`
+	N string   `json:"n"`
+	D []string `json:"d,omitempty"`
+	I []string `json:"i,omitempty"`
 }
+
+// checkNameHints validates the DNS names and IPs a token carries.
+func checkNameHints(dns, ips []string) error {
+	if len(dns)+len(ips) > maxNameHints {
+		return fmt.Errorf("at most %d names", maxNameHints)
+	}
+	for _, d := range dns {
+		if err := validateDNSName(d); err != nil {
+			return err
+		}
+	}
+	for _, ip := range ips {
+		if _, err := parseIP(ip); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxNameHints bounds the names in a token so that kids stay short.
+const maxNameHints = 16
 
 // Mint creates a token. It fills Nonce if empty and truncates ExpiresAt to
 // seconds. It refuses an empty or odd provisioner, an invalid worker name and
@@ -179,8 +207,11 @@ func (k *TokenKey) Mint(c TokenClaims) (Token, error) {
 		return Token{}, errors.New("mint: nonce must be unpadded base64url of 16 bytes")
 	}
 	c.ExpiresAt = time.Unix(exp, 0).UTC()
+	if err := checkNameHints(c.DNSNames, c.IPs); err != nil {
+		return Token{}, fmt.Errorf("mint: %w", err)
+	}
 
-	raw, err := json.Marshal(kidPayload{P: c.Provisioner, W: c.Worker, E: exp, N: c.Nonce})
+	raw, err := json.Marshal(kidPayload{P: c.Provisioner, W: c.Worker, E: exp, N: c.Nonce, D: c.DNSNames, I: c.IPs})
 	if err != nil {
 		return Token{}, fmt.Errorf("mint: %w", err)
 	}
@@ -212,20 +243,47 @@ func (k *TokenKey) Verify(kid string, now time.Time) (TokenClaims, []byte, error
 	if err != nil { // unreachable: splitKID decoded it already
 		return TokenClaims{}, nil, fmt.Errorf("%w: payload: %w", ErrTokenMalformed, err)
 	}
-	var p kidPayload
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil || dec.More() {
-		return TokenClaims{}, nil, fmt.Errorf("%w: payload is not valid JSON", ErrTokenMalformed)
+	c, err := decodeClaims(raw)
+	if err != nil {
+		return TokenClaims{}, nil, err
 	}
-	if checkProvisionerName(p.P) != nil || (p.W != "" && !validWorkerName(p.W)) || p.E <= 0 || !validNonce(p.N) {
-		return TokenClaims{}, nil, fmt.Errorf("%w: invalid claims", ErrTokenMalformed)
-	}
-	c := TokenClaims{Provisioner: p.P, Worker: p.W, ExpiresAt: time.Unix(p.E, 0).UTC(), Nonce: p.N}
 	if !now.Before(c.ExpiresAt) {
 		return TokenClaims{}, nil, fmt.Errorf("%w: expired at %s", ErrTokenExpired, c.ExpiresAt.Format(time.RFC3339))
 	}
 	return c, k.eabKey(kid), nil
+}
+
+// decodeClaims parses and checks a kid payload.
+func decodeClaims(raw []byte) (TokenClaims, error) {
+	var p kidPayload
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil || dec.More() {
+		return TokenClaims{}, fmt.Errorf("%w: payload is not valid JSON", ErrTokenMalformed)
+	}
+	if checkProvisionerName(p.P) != nil || (p.W != "" && !validWorkerName(p.W)) || p.E <= 0 || !validNonce(p.N) || checkNameHints(p.D, p.I) != nil {
+		return TokenClaims{}, fmt.Errorf("%w: invalid claims", ErrTokenMalformed)
+	}
+	return TokenClaims{Provisioner: p.P, Worker: p.W, ExpiresAt: time.Unix(p.E, 0).UTC(), Nonce: p.N, DNSNames: p.D, IPs: p.I}, nil
+}
+
+// ReadClaims reads the claims of a compact token or kid WITHOUT verifying
+// its MAC: the worker side has no key and only uses them as hints (which
+// names to order, when the token expires). Never base a decision on them.
+func ReadClaims(token string) (TokenClaims, error) {
+	kid := token
+	if parts := strings.Split(token, "."); len(parts) == 4 {
+		kid = strings.Join(parts[:3], ".")
+	}
+	payload, _, err := splitKID(kid)
+	if err != nil {
+		return TokenClaims{}, err
+	}
+	raw, err := b64.DecodeString(payload)
+	if err != nil {
+		return TokenClaims{}, fmt.Errorf("%w: payload: %w", ErrTokenMalformed, err)
+	}
+	return decodeClaims(raw)
 }
 
 // ParseToken splits a compact token (worker side) into the KID and the HMAC

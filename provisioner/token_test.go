@@ -200,7 +200,7 @@ func TestVerifyErrors(t *testing.T) {
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Verify() error = %v, want %v", err, tt.want)
 			}
-			if hk != nil || c != (provisioner.TokenClaims{}) {
+			if hk != nil || !cmp.Equal(c, provisioner.TokenClaims{}) {
 				t.Errorf("Verify() returned claims %+v / key on error", c)
 			}
 		})

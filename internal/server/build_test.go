@@ -39,7 +39,7 @@ func TestMintToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	claims, _, err := key.Verify(tok.KID, now)
-	if err != nil || claims.Worker != "api" || claims.Provisioner != "workers" {
+	if err != nil || claims.Worker != "api" || claims.Provisioner != "workers" || len(claims.DNSNames) != 1 || claims.DNSNames[0] != "api.workers.crank.internal" {
 		t.Fatalf("minted token verifies as %+v, %v", claims, err)
 	}
 	if d := tok.ExpiresAt.Sub(now); d < 59*time.Minute || d > time.Hour {

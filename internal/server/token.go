@@ -36,6 +36,7 @@ func MintToken(cfg *config.Config, req TokenRequest) (provisioner.Token, error) 
 		return provisioner.Token{}, err
 	}
 	def, max := eabDefaultTTL, eabMaxTTL
+	var dns, ips []string
 	switch p.Type {
 	case config.TypeWorkerAttestation:
 		if req.Worker == "" {
@@ -45,8 +46,13 @@ func MintToken(cfg *config.Config, req TokenRequest) (provisioner.Token, error) 
 		if err != nil {
 			return provisioner.Token{}, err
 		}
-		if _, err := ids.Lookup(req.Worker); err != nil {
+		id, err := ids.Lookup(req.Worker)
+		if err != nil {
 			return provisioner.Token{}, fmt.Errorf("--worker: %w", err)
+		}
+		dns = id.DNSNames
+		for _, ip := range id.IPs {
+			ips = append(ips, ip.String())
 		}
 		if p.JoinTokens != nil {
 			def, max = p.JoinTokens.DefaultTTL.Duration, p.JoinTokens.MaxTTL.Duration
@@ -74,7 +80,7 @@ func MintToken(cfg *config.Config, req TokenRequest) (provisioner.Token, error) 
 	if now.IsZero() {
 		now = time.Now()
 	}
-	return key.Mint(provisioner.TokenClaims{Provisioner: p.Name, Worker: req.Worker, ExpiresAt: now.Add(ttl)})
+	return key.Mint(provisioner.TokenClaims{Provisioner: p.Name, Worker: req.Worker, ExpiresAt: now.Add(ttl), DNSNames: dns, IPs: ips})
 }
 
 func tokenProvisioner(cfg *config.Config, name string) (*config.Provisioner, error) {
