@@ -21,6 +21,11 @@ type Identity struct {
 	Roots []*x509.Certificate
 
 	tls *tls.Certificate
+	// obtained is when this agent received the certificate (zero when loaded
+	// from state). The CA backdates NotBefore for clock skew, which for
+	// minute-long certificates is a large part of the lifetime, so renewal is
+	// planned from here when known.
+	obtained time.Time
 }
 
 // Leaf is the worker's own certificate.

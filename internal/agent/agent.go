@@ -1,0 +1,372 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/crank-platform/crank-ca/internal/paths"
+	"github.com/crank-platform/crank-ca/provisioner"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultProvisioner = "workers"
+	DefaultRenewAt     = 2.0 / 3.0
+	DefaultJitter      = 0.1
+	DefaultRetryMin    = time.Second
+	DefaultRetryMax    = time.Minute
+	DefaultHTTPTimeout = 30 * time.Second
+)
+
+// Config configures an Agent. Flags and environment are read by cmd/, which
+// fills this in.
+type Config struct {
+	// CAURL is the CA's base URL, e.g. https://127.0.0.1:9090.
+	CAURL string
+	// Provisioner is the worker-attestation provisioner; default "workers".
+	Provisioner string
+	// Fingerprint pins the CA's root (hex SHA-256 of its DER). Required
+	// unless the state directory already holds the root.
+	Fingerprint string
+	// Token is the compact join token; needed only while the state
+	// directory holds no account.
+	Token string
+	// Worker is the worker's name.
+	Worker string
+	// StateDir holds the account, certificate, key and root across
+	// restarts (see internal/paths for where it defaults to).
+	StateDir string
+	Logger   *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// RenewAt is the fraction of the lifetime after which to renew when the
+	// CA offers no ARI; Jitter spreads it by ±Jitter of that point.
+	RenewAt, Jitter float64
+	// RetryMin and RetryMax bound the exponential backoff while the CA
+	// cannot be reached.
+	RetryMin, RetryMax time.Duration
+	// HTTPTimeout bounds every request to the CA.
+	HTTPTimeout time.Duration
+}
+
+// Agent obtains and renews one worker's certificate.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+
+	cur  atomic.Pointer[Identity]
+	next atomic.Pointer[time.Time]
+	// pollOnly marks a planned wake-up that only asks ARI again.
+	pollOnly atomic.Bool
+
+	mu     sync.Mutex // serialises CA interactions and guards the fields below
+	root   *x509.Certificate
+	acct   *account
+	client *acmeClient
+
+	subMu sync.Mutex
+	subs  []chan struct{}
+}
+
+// New checks the configuration; it does no I/O.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Provisioner == "" {
+		cfg.Provisioner = DefaultProvisioner
+	}
+	if cfg.RenewAt == 0 {
+		cfg.RenewAt = DefaultRenewAt
+	}
+	if cfg.Jitter == 0 {
+		cfg.Jitter = DefaultJitter
+	}
+	if cfg.RetryMin == 0 {
+		cfg.RetryMin = DefaultRetryMin
+	}
+	if cfg.RetryMax == 0 {
+		cfg.RetryMax = DefaultRetryMax
+	}
+	if cfg.HTTPTimeout == 0 {
+		cfg.HTTPTimeout = DefaultHTTPTimeout
+	}
+	var errs []error
+	if !strings.HasPrefix(cfg.CAURL, "https://") {
+		errs = append(errs, fmt.Errorf("--ca-url %q must be an https URL", cfg.CAURL))
+	}
+	cfg.CAURL = strings.TrimRight(cfg.CAURL, "/")
+	if !paths.ValidWorker(cfg.Worker) {
+		errs = append(errs, fmt.Errorf("--worker %q is not a valid worker name", cfg.Worker))
+	}
+	if cfg.StateDir == "" {
+		errs = append(errs, errors.New("a state directory is required"))
+	}
+	if cfg.Fingerprint != "" {
+		fp, err := NormalizeFingerprint(cfg.Fingerprint)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--fingerprint: %w", err))
+		}
+		cfg.Fingerprint = fp
+	}
+	if cfg.Token != "" {
+		c, err := provisioner.ReadClaims(cfg.Token)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--token: %w", err))
+		case c.Worker != cfg.Worker:
+			errs = append(errs, fmt.Errorf("--token was minted for worker %q, not %q", c.Worker, cfg.Worker))
+		case c.Provisioner != cfg.Provisioner:
+			errs = append(errs, fmt.Errorf("--token was minted for provisioner %q, not %q", c.Provisioner, cfg.Provisioner))
+		}
+	}
+	if !(0 < cfg.RenewAt && cfg.RenewAt < 1) || cfg.Jitter < 0 || cfg.RenewAt*(1+cfg.Jitter) >= 1 {
+		errs = append(errs, errors.New("renewal must happen before expiry: 0 < renewAt*(1+jitter) < 1"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	a.log = a.log.With("worker", cfg.Worker)
+	return a, nil
+}
+
+// Current returns the certificate to present now. It is nil before Start
+// succeeded and never nil after.
+func (a *Agent) Current() *Identity { return a.cur.Load() }
+
+// NextRenewal is when the agent plans its next renewal attempt.
+func (a *Agent) NextRenewal() time.Time {
+	if t := a.next.Load(); t != nil {
+		return *t
+	}
+	return time.Time{}
+}
+
+// Subscribe returns a channel that receives a value after every rotation.
+// Rotations that happen while the receiver is busy are coalesced.
+func (a *Agent) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	a.subMu.Lock()
+	a.subs = append(a.subs, ch)
+	a.subMu.Unlock()
+	return ch
+}
+
+func (a *Agent) publish(id *Identity) {
+	a.cur.Store(id)
+	a.subMu.Lock()
+	defer a.subMu.Unlock()
+	for _, ch := range a.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Start makes the agent ready to serve. A still-valid certificate in the
+// state directory is used as it is, without contacting the CA, so a worker
+// starts while the CA is down. Otherwise it bootstraps trust, registers with
+// the join token if there is no account yet, and obtains a certificate.
+func (a *Agent) Start(ctx context.Context) error {
+	if err := paths.Ensure(a.cfg.StateDir); err != nil {
+		return err
+	}
+	st, err := loadState(a.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if st.root != nil && (a.cfg.Fingerprint == "" || fingerprint(st.root) == a.cfg.Fingerprint) {
+		a.root = st.root
+	}
+	if acc := st.account; acc != nil && acc.CAURL == a.cfg.CAURL && acc.Provisioner == a.cfg.Provisioner {
+		a.acct = acc
+	}
+	if id := st.identity; id != nil && a.root != nil && id.Roots[0].Equal(a.root) && a.now().Before(id.NotAfter()) && id.SPIFFEID.Path() != "" {
+		a.publish(id)
+		a.log.Info("using certificate from state", "serial", id.Serial(), "notAfter", id.NotAfter(), "spiffeID", id.SPIFFEID.String())
+		return nil
+	}
+	if a.root == nil {
+		if a.cfg.Fingerprint == "" {
+			return errors.New("--fingerprint is required until the state directory holds the CA's root")
+		}
+		root, err := fetchRoot(ctx, a.cfg.CAURL, a.cfg.Fingerprint, a.cfg.HTTPTimeout)
+		if err != nil {
+			return err
+		}
+		if err := a.saveRoot(root); err != nil {
+			return err
+		}
+		a.root = root
+		a.log.Info("pinned the CA root", "fingerprint", a.cfg.Fingerprint)
+	}
+	names, ips := a.firstNames()
+	id, err := a.obtainLocked(names, ips, nil)
+	if err != nil {
+		return err
+	}
+	a.publish(id)
+	return nil
+}
+
+// firstNames are the names of the first order: those the token carries.
+func (a *Agent) firstNames() ([]string, []string) {
+	if a.cfg.Token == "" {
+		return nil, nil
+	}
+	c, err := provisioner.ReadClaims(a.cfg.Token)
+	if err != nil {
+		return nil, nil
+	}
+	return c.DNSNames, c.IPs
+}
+
+// Run renews the certificate until ctx is done and returns ctx.Err(). Start
+// must have succeeded.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.Current() == nil {
+		return errors.New("agent: Run before a successful Start")
+	}
+	backoff := time.Duration(0)
+	for {
+		var at time.Time
+		if backoff > 0 {
+			at = a.now().Add(backoff)
+		} else {
+			at = a.plan(ctx)
+			a.log.Info("renewal planned", "at", at, "serial", a.Current().Serial(), "notAfter", a.Current().NotAfter())
+		}
+		a.next.Store(&at)
+		if err := sleepUntil(ctx, a.now, at); err != nil {
+			return err
+		}
+		if backoff == 0 && a.pollOnly.Swap(false) {
+			continue
+		}
+		err := a.renew()
+		if err == nil {
+			backoff = 0
+			continue
+		}
+		backoff = a.nextBackoff(backoff)
+		cur := a.Current()
+		a.log.Error("renewal failed; still serving the current certificate", "err", err,
+			"serial", cur.Serial(), "notAfter", cur.NotAfter(), "retryIn", backoff.Round(time.Millisecond),
+			"expired", !a.now().Before(cur.NotAfter()))
+	}
+}
+
+// nextBackoff doubles up to RetryMax with ±20% jitter.
+func (a *Agent) nextBackoff(prev time.Duration) time.Duration {
+	d := prev * 2
+	if d < a.cfg.RetryMin {
+		d = a.cfg.RetryMin
+	}
+	if d > a.cfg.RetryMax {
+		d = a.cfg.RetryMax
+	}
+	return time.Duration(float64(d) * (0.8 + 0.4*mrand.Float64()))
+}
+
+// plan picks the next renewal time: the CA's ARI window when it offers one
+// and it is sane, else RenewAt of the lifetime with jitter.
+func (a *Agent) plan(ctx context.Context) time.Time {
+	a.pollOnly.Store(false)
+	id := a.Current()
+	if t, ok := a.ariTime(ctx, id); ok {
+		return t
+	}
+	nb, na := id.Leaf().NotBefore, id.NotAfter()
+	if id.obtained.After(nb) && id.obtained.Before(na) {
+		nb = id.obtained
+	}
+	life := na.Sub(nb)
+	f := a.cfg.RenewAt * (1 + a.cfg.Jitter*(2*mrand.Float64()-1))
+	return nb.Add(time.Duration(float64(life) * f))
+}
+
+func sleepUntil(ctx context.Context, now func() time.Time, at time.Time) error {
+	d := at.Sub(now())
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// renew obtains a new certificate for the current one's names.
+func (a *Agent) renew() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	old := a.Current()
+	var ips []string
+	for _, ip := range old.Leaf().IPAddresses {
+		ips = append(ips, ip.String())
+	}
+	id, err := a.obtainLocked(old.Leaf().DNSNames, ips, old.Leaf())
+	if err != nil {
+		return err
+	}
+	a.publish(id)
+	return nil
+}
+
+// obtainLocked registers if needed and obtains a certificate with a fresh
+// P-256 key; a.mu is held.
+func (a *Agent) obtainLocked(dns, ips []string, replaces *x509.Certificate) (*Identity, error) {
+	cl, err := a.clientLocked()
+	if err != nil {
+		return nil, err
+	}
+	if len(dns)+len(ips) == 0 {
+		return nil, errors.New("no names to order: the join token carries none (mint it with a current crank-ca)")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	start := a.now()
+	chain, err := cl.obtain(key, dns, ips, replaces)
+	if err != nil {
+		return nil, err
+	}
+	id, err := newIdentity(chain, key, []*x509.Certificate{a.root})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCertificateRejected, err)
+	}
+	id.obtained = start
+	if err := a.saveIdentity(id); err != nil {
+		return nil, err
+	}
+	verb := "certificate obtained"
+	if replaces != nil {
+		verb = "certificate renewed"
+	}
+	a.log.Info(verb, "serial", id.Serial(), "notAfter", id.NotAfter(), "spiffeID", id.SPIFFEID.String(), "took", a.now().Sub(start).Round(time.Millisecond))
+	return id, nil
+}

@@ -1,0 +1,22 @@
+package agent
+
+import "errors"
+
+// Errors a worker operator must be able to tell apart: each one needs a
+// different fix.
+var (
+	// ErrFingerprintMismatch: the CA's root is not the one the operator pinned.
+	ErrFingerprintMismatch = errors.New("the CA's root certificate does not match the pinned fingerprint")
+	// ErrTokenRejected: the CA refused the join token (used, expired, forged or
+	// for another worker).
+	ErrTokenRejected = errors.New("the CA refused the join token")
+	// ErrNoToken: there is no account in the state directory and no token.
+	ErrNoToken = errors.New("no account in the state directory and no join token given")
+	// ErrCAUnreachable: the CA could not be reached.
+	ErrCAUnreachable = errors.New("the CA is unreachable")
+	// ErrAccountRejected: the CA no longer accepts this worker's account; a
+	// new join token is needed.
+	ErrAccountRejected = errors.New("the CA no longer accepts this worker's account; a new join token is needed")
+	// ErrCertificateRejected: the CA refused to issue (names, lifetime).
+	ErrCertificateRejected = errors.New("the CA refused to issue the certificate")
+)
