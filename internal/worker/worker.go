@@ -1,0 +1,135 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/crank-platform/crank-ca/internal/agent"
+	"github.com/crank-platform/crank-ca/internal/workertls"
+)
+
+// Config configures a worker. cmd/ fills it from flags and environment.
+type Config struct {
+	Agent agent.Config
+	// Listen is the mTLS address to serve on, e.g. 127.0.0.1:8443.
+	Listen string
+	// Authorizer decides which callers may connect; nil admits any member of
+	// the worker's own trust domain.
+	Authorizer tlsconfig.Authorizer
+	Logger     *slog.Logger
+}
+
+// Worker is a running worker: its agent, listener and clients.
+type Worker struct {
+	cfg   Config
+	log   *slog.Logger
+	agent *agent.Agent
+	ln    net.Listener
+}
+
+// New validates the configuration; no I/O.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Agent.Logger == nil {
+		cfg.Agent.Logger = cfg.Logger
+	}
+	if cfg.Listen == "" {
+		return nil, errors.New("a listen address is required")
+	}
+	a, err := agent.New(cfg.Agent)
+	if err != nil {
+		return nil, err
+	}
+	return &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.Agent.Worker), agent: a}, nil
+}
+
+// Agent is the worker's certificate agent.
+func (w *Worker) Agent() *agent.Agent { return w.agent }
+
+// Addr is the listener's address once Start returned.
+func (w *Worker) Addr() net.Addr { return w.ln.Addr() }
+
+// Start obtains the identity (or reuses it from state) and binds the
+// listener, so that when it returns the worker can serve. It fails with the
+// agent's typed errors (fingerprint, token, CA unreachable).
+func (w *Worker) Start(ctx context.Context) error {
+	if err := w.agent.Start(ctx); err != nil {
+		return err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", w.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", w.cfg.Listen, err)
+	}
+	w.ln = ln
+	return nil
+}
+
+// Serve serves h over mTLS and keeps the identity rotating until ctx is
+// done, then shuts down gracefully. Start must have succeeded.
+func (w *Worker) Serve(ctx context.Context, h http.Handler) error {
+	authz := w.cfg.Authorizer
+	if authz == nil {
+		authz = workertls.AuthorizeMemberOf(w.agent.Current().SPIFFEID.TrustDomain())
+	}
+	hs := &http.Server{
+		Handler:           h,
+		TLSConfig:         workertls.ServerConfig(w.agent, authz),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- w.agent.Run(runCtx) }()
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- hs.ServeTLS(w.ln, "", "") }()
+	id := w.agent.Current()
+	w.log.Info("worker serving mTLS", "addr", w.ln.Addr().String(), "spiffeID", id.SPIFFEID.String(), "serial", id.Serial(), "notAfter", id.NotAfter())
+
+	var err error
+	select {
+	case err = <-serveDone:
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err = hs.Shutdown(sctx)
+		cancel()
+		<-serveDone
+	}
+	stop()
+	<-agentDone
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Client returns an HTTP client that calls peers over mTLS with the
+// worker's current certificate, accepting servers that authz admits (nil:
+// any member of the trust domain). Connections are not kept alive past
+// IdleTimeout so that rotated certificates are presented soon.
+func (w *Worker) Client(authz tlsconfig.Authorizer) *http.Client {
+	if authz == nil {
+		authz = workertls.AuthorizeMemberOf(w.agent.Current().SPIFFEID.TrustDomain())
+	}
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			TLSClientConfig:     workertls.ClientConfig(w.agent, authz),
+			IdleConnTimeout:     IdleTimeout,
+			MaxIdleConnsPerHost: 4,
+		},
+	}
+}
+
+// IdleTimeout bounds how long a peer connection stays open unused.
+const IdleTimeout = 30 * time.Second
