@@ -45,6 +45,9 @@ type Config struct {
 	TokenKeyFile string    `json:"tokenKeyFile"`
 	Retention    Retention `json:"retention"`
 	Log          Log       `json:"log"`
+	Admin        Admin     `json:"admin"`
+	ARI          ARI       `json:"ari"`
+	CRL          CRL       `json:"crl"`
 	// Provisioners decide who may obtain which certificates. At least one is
 	// required; names are unique.
 	Provisioners []Provisioner `json:"provisioners"`
@@ -88,6 +91,44 @@ type Retention struct {
 	ExpiredCertificates Duration `json:"expiredCertificates"`
 	// Interval is how often the cleanup runs. Default 1h; at least 1m so
 	// cleanup cannot hammer the database.
+	Interval Duration `json:"interval"`
+}
+
+// Admin configures the operator API (/admin/v1 over mutual TLS on the
+// listen address).
+type Admin struct {
+	// SPIFFEIDs may use the API with a client certificate issued by this
+	// CA. Default ["spiffe://<trustDomain>/admin/operator"], the identity
+	// of the certificate `crank-ca init` writes.
+	SPIFFEIDs []string `json:"spiffeIDs"`
+	// CertFile and KeyFile are the credentials the crank-ca operator
+	// commands present. Default "admin/operator.crt" and
+	// "admin/operator.key".
+	CertFile string `json:"certFile"`
+	KeyFile  string `json:"keyFile"`
+}
+
+// ARI shapes the renewal windows the CA suggests (RFC 9773). Each
+// certificate's window is placed at a deterministic, per-certificate point
+// inside a band of its lifetime, so a fleet issued at once renews spread out.
+type ARI struct {
+	// BandStartPercent and BandEndPercent bound the band, in percent of the
+	// lifetime. Defaults 50 and 80.
+	BandStartPercent int `json:"bandStartPercent"`
+	BandEndPercent   int `json:"bandEndPercent"`
+	// WindowPercent is the width of each window. Default 5.
+	WindowPercent int `json:"windowPercent"`
+	// Retry-After is a twentieth of the lifetime, clamped to
+	// [MinRetryAfter, MaxRetryAfter]. Defaults 5s and 1h. Forced rotation
+	// reaches ARI-driven workers within one Retry-After.
+	MinRetryAfter Duration `json:"minRetryAfter"`
+	MaxRetryAfter Duration `json:"maxRetryAfter"`
+}
+
+// CRL configures the certificate revocation list served at /crl.
+type CRL struct {
+	// Interval is how often the CRL is regenerated (it is also regenerated
+	// on every revocation). Default 1h; at least 1m.
 	Interval Duration `json:"interval"`
 }
 

@@ -16,6 +16,16 @@ const (
 	DefaultLogLevel         = "info"
 	DefaultLogFormat        = "text"
 	DefaultSPIFFEIDTemplate = "spiffe://{trustDomain}/worker/{worker}"
+	DefaultAdminName        = "operator"
+	DefaultAdminCertFile    = "admin/operator.crt"
+	DefaultAdminKeyFile     = "admin/operator.key"
+	DefaultARIBandStart     = 50
+	DefaultARIBandEnd       = 80
+	DefaultARIWindow        = 5
+	DefaultARIMinRetryAfter = 5 * time.Second
+	DefaultARIMaxRetryAfter = time.Hour
+	DefaultCRLInterval      = time.Hour
+	MinCRLInterval          = time.Minute
 	// DefaultWorkerPattern is the worker pattern Default writes. It admits
 	// exactly the valid worker names (a DNS label, no '-' at either end).
 	DefaultWorkerPattern = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -92,6 +102,18 @@ func (c *Config) ApplyDefaults() {
 	setString(&c.Log.Level, DefaultLogLevel)
 	setString(&c.Log.Format, DefaultLogFormat)
 
+	if len(c.Admin.SPIFFEIDs) == 0 {
+		c.Admin.SPIFFEIDs = []string{"spiffe://" + c.TrustDomain + "/admin/" + DefaultAdminName}
+	}
+	setString(&c.Admin.CertFile, DefaultAdminCertFile)
+	setString(&c.Admin.KeyFile, DefaultAdminKeyFile)
+	setInt(&c.ARI.BandStartPercent, DefaultARIBandStart)
+	setInt(&c.ARI.BandEndPercent, DefaultARIBandEnd)
+	setInt(&c.ARI.WindowPercent, DefaultARIWindow)
+	setDuration(&c.ARI.MinRetryAfter, DefaultARIMinRetryAfter)
+	setDuration(&c.ARI.MaxRetryAfter, DefaultARIMaxRetryAfter)
+	setDuration(&c.CRL.Interval, DefaultCRLInterval)
+
 	for i := range c.Provisioners {
 		c.Provisioners[i].applyDefaults()
 	}
@@ -130,6 +152,12 @@ func (p *Provisioner) applyDefaults() {
 
 func setString(p *string, def string) {
 	if *p == "" {
+		*p = def
+	}
+}
+
+func setInt(p *int, def int) {
+	if *p == 0 {
 		*p = def
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -32,6 +33,7 @@ func (c *Config) Validate() error {
 	var ps problems
 	c.validateServer(&ps)
 	c.validateStorage(&ps)
+	c.validateOperations(&ps)
 	for i := range c.Provisioners {
 		c.Provisioners[i].validate(&ps, fmt.Sprintf("provisioners[%d]", i))
 	}
@@ -418,4 +420,31 @@ func isDNSLabel(s string) bool {
 
 func isLowerAlnum(r rune) bool {
 	return r >= 'a' && r <= 'z' || r >= '0' && r <= '9'
+}
+
+func (c *Config) validateOperations(ps *problems) {
+	for i, id := range c.Admin.SPIFFEIDs {
+		path := fmt.Sprintf("admin.spiffeIDs[%d]", i)
+		u, err := url.Parse(id)
+		if err != nil || u.Scheme != "spiffe" || u.Host == "" || u.Path == "" || u.Path == "/" || u.RawQuery != "" || u.Fragment != "" {
+			ps.addf(path, "must be a SPIFFE ID such as spiffe://%s/admin/operator, got %q", DefaultTrustDomain, id)
+		} else if u.Host == c.TrustDomain && strings.HasPrefix(u.Path, "/worker/") {
+			ps.addf(path, "%q is a worker identity; admin IDs must not be workers", id)
+		}
+	}
+	requirePath(ps, "admin.certFile", c.Admin.CertFile)
+	requirePath(ps, "admin.keyFile", c.Admin.KeyFile)
+	a := c.ARI
+	if a.BandStartPercent < 0 || a.BandEndPercent > 100 || a.BandStartPercent >= a.BandEndPercent {
+		ps.addf("ari", "need 0 <= bandStartPercent < bandEndPercent <= 100, got %d and %d", a.BandStartPercent, a.BandEndPercent)
+	}
+	if a.WindowPercent < 1 || a.BandStartPercent+a.WindowPercent > a.BandEndPercent {
+		ps.addf("ari.windowPercent", "must be at least 1 and fit in the band, got %d", a.WindowPercent)
+	}
+	if a.MinRetryAfter.Duration < time.Second || a.MaxRetryAfter.Duration < a.MinRetryAfter.Duration {
+		ps.addf("ari", "need 1s <= minRetryAfter <= maxRetryAfter, got %v and %v", a.MinRetryAfter.Duration, a.MaxRetryAfter.Duration)
+	}
+	if c.CRL.Interval.Duration < MinCRLInterval {
+		ps.addf("crl.interval", "must be at least %v", MinCRLInterval)
+	}
 }

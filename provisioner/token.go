@@ -118,6 +118,9 @@ type TokenClaims struct {
 	// the MAC: the CA decides from its own configuration.
 	DNSNames []string
 	IPs      []string
+	// IssuedAt (second precision) lets the CA refuse tokens minted before a
+	// worker was disabled. Mint sets it.
+	IssuedAt time.Time
 }
 
 // Token is a minted join token. HMACKey is a secret; only Encode and
@@ -157,6 +160,7 @@ type kidPayload struct {
 	N string   `json:"n"`
 	D []string `json:"d,omitempty"`
 	I []string `json:"i,omitempty"`
+	T int64    `json:"t,omitempty"`
 }
 
 // checkNameHints validates the DNS names and IPs a token carries.
@@ -211,7 +215,11 @@ func (k *TokenKey) Mint(c TokenClaims) (Token, error) {
 		return Token{}, fmt.Errorf("mint: %w", err)
 	}
 
-	raw, err := json.Marshal(kidPayload{P: c.Provisioner, W: c.Worker, E: exp, N: c.Nonce, D: c.DNSNames, I: c.IPs})
+	if c.IssuedAt.IsZero() {
+		c.IssuedAt = time.Now()
+	}
+	c.IssuedAt = time.Unix(c.IssuedAt.Unix(), 0).UTC()
+	raw, err := json.Marshal(kidPayload{P: c.Provisioner, W: c.Worker, E: exp, N: c.Nonce, D: c.DNSNames, I: c.IPs, T: c.IssuedAt.Unix()})
 	if err != nil {
 		return Token{}, fmt.Errorf("mint: %w", err)
 	}
@@ -264,7 +272,11 @@ func decodeClaims(raw []byte) (TokenClaims, error) {
 	if checkProvisionerName(p.P) != nil || (p.W != "" && !validWorkerName(p.W)) || p.E <= 0 || !validNonce(p.N) || checkNameHints(p.D, p.I) != nil {
 		return TokenClaims{}, fmt.Errorf("%w: invalid claims", ErrTokenMalformed)
 	}
-	return TokenClaims{Provisioner: p.P, Worker: p.W, ExpiresAt: time.Unix(p.E, 0).UTC(), Nonce: p.N, DNSNames: p.D, IPs: p.I}, nil
+	c := TokenClaims{Provisioner: p.P, Worker: p.W, ExpiresAt: time.Unix(p.E, 0).UTC(), Nonce: p.N, DNSNames: p.D, IPs: p.I}
+	if p.T > 0 {
+		c.IssuedAt = time.Unix(p.T, 0).UTC()
+	}
+	return c, nil
 }
 
 // ReadClaims reads the claims of a compact token or kid WITHOUT verifying

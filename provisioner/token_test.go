@@ -48,6 +48,12 @@ func TestTokenRoundTrip(t *testing.T) {
 					t.Errorf("nonce %q is not 16 bytes of base64url", want.Nonce)
 				}
 			}
+			if want.IssuedAt.IsZero() {
+				want.IssuedAt = tok.Claims.IssuedAt
+				if d := time.Since(want.IssuedAt); d < 0 || d > time.Minute {
+					t.Errorf("IssuedAt %s is not about now", want.IssuedAt)
+				}
+			}
 			if diff := cmp.Diff(want, tok.Claims); diff != "" {
 				t.Errorf("minted claims mismatch (-want +got):\n%s", diff)
 			}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/crank-platform/crank-ca/config"
+	"github.com/crank-platform/crank-ca/internal/ari"
 	"github.com/crank-platform/crank-ca/internal/pki"
 	"github.com/crank-platform/crank-ca/internal/stepca"
 	"github.com/crank-platform/crank-ca/internal/store"
@@ -92,6 +93,12 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 		Root: ca.Root, Intermediate: ca.Intermediate, Signer: ca.IntermediateKey,
 		Storage: st, Provisioners: provs, TokenKey: key,
 		Logger: log, Audit: d.Audit, Now: now,
+		ARI: ari.Band{
+			Start: float64(cfg.ARI.BandStartPercent) / 100, End: float64(cfg.ARI.BandEndPercent) / 100,
+			Width:         float64(cfg.ARI.WindowPercent) / 100,
+			MinRetryAfter: cfg.ARI.MinRetryAfter.Duration, MaxRetryAfter: cfg.ARI.MaxRetryAfter.Duration,
+		},
+		CRLInterval: cfg.CRL.Interval.Duration,
 	})
 	if err != nil {
 		return nil, err
@@ -210,6 +217,16 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /roots.pem", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		_, _ = w.Write(s.ca.RootPEM())
+	})
+	mux.HandleFunc("GET /crl", func(w http.ResponseWriter, r *http.Request) {
+		der, err := s.stepca.CRL(r.Context())
+		if err != nil {
+			s.log.Error("serving the CRL", "err", err)
+			http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		_, _ = w.Write(der)
 	})
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

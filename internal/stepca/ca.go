@@ -25,6 +25,7 @@ import (
 	stepdb "github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 
+	"github.com/crank-platform/crank-ca/internal/ari"
 	"github.com/crank-platform/crank-ca/internal/store"
 )
 
@@ -34,6 +35,8 @@ const maxRequestBody = 256 << 10
 
 // CA is an embedded smallstep authority serving crank-ca's ACME directories.
 type CA struct {
+	now     func() time.Time
+	ari     ari.Band
 	auth    *authority.Authority
 	db      *acmeDB
 	store   *store.Store
@@ -71,8 +74,13 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		provs = append(provs, stepProvisioner(p))
 	}
 
+	crl := &authconfig.CRLConfig{Enabled: true, GenerateOnRevoke: true}
+	if cfg.CRLInterval > 0 {
+		crl.CacheDuration = &steppro.Duration{Duration: cfg.CRLInterval}
+	}
 	authCfg := &authconfig.Config{
-		DB: &stepdb.Config{Type: cfg.Storage.Type, DataSource: cfg.Storage.DataSource},
+		CRL: crl,
+		DB:  &stepdb.Config{Type: cfg.Storage.Type, DataSource: cfg.Storage.DataSource},
 		AuthorityConfig: &authconfig.AuthConfig{
 			Provisioners: provs,
 			// The root's own lifetime bounds nothing here; claims come from
@@ -115,7 +123,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		db:      adb,
 		log:     logger,
 	}
-	c := &CA{auth: auth, db: adb, store: st, nosql: ndb, linker: lk, log: logger, audit: audit}
+	c := &CA{now: now, ari: cfg.ARI, auth: auth, db: adb, store: st, nosql: ndb, linker: lk, log: logger, audit: audit}
 	c.handler = c.routes()
 	return c, nil
 }
@@ -173,6 +181,7 @@ func (c *CA) routes() http.Handler {
 	r := chi.NewRouter()
 	r.Route("/acme", func(r chi.Router) {
 		acmeapi.Route(r)
+		r.Get("/{provisionerID}/"+renewalInfoPath+"/{certID}", c.renewalInfo)
 	})
 	client := acme.NewClient()
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -190,6 +199,10 @@ func (c *CA) routes() http.Handler {
 		}
 		if err := c.knownProvisioner(req); err != nil {
 			render.Error(w, req, err)
+			return
+		}
+		if isDirectory(req.URL.Path) {
+			c.directoryWithARI(r, w, req)
 			return
 		}
 		r.ServeHTTP(w, req)

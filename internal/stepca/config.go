@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/crank-platform/crank-ca/internal/ari"
 	"github.com/crank-platform/crank-ca/provisioner"
 )
 
@@ -130,6 +131,10 @@ type Config struct {
 	Audit  *slog.Logger
 	// Now is the clock for token expiry; nil means time.Now.
 	Now func() time.Time
+	// ARI places renewal windows; CRLInterval is how often the CRL is
+	// regenerated (zero: smallstep's default of 24h).
+	ARI         ari.Band
+	CRLInterval time.Duration
 }
 
 func (c *Config) validate() error {
@@ -142,6 +147,9 @@ func (c *Config) validate() error {
 	}
 	if len(c.Provisioners) == 0 {
 		errs = append(errs, errors.New("at least one provisioner is required"))
+	}
+	if b := c.ARI; !(0 <= b.Start && b.Start+b.Width <= b.End && b.End <= 1 && b.Width > 0 && b.MinRetryAfter > 0 && b.MinRetryAfter <= b.MaxRetryAfter) {
+		errs = append(errs, fmt.Errorf("ARI band %+v is not within [0, 1] with a positive width and Retry-After", b))
 	}
 	seen := map[string]bool{}
 	for i, p := range c.Provisioners {

@@ -2,13 +2,17 @@ package stepca
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"time"
 
 	"github.com/smallstep/certificates/acme"
 
+	"github.com/crank-platform/crank-ca/internal/ari"
 	"github.com/crank-platform/crank-ca/internal/store"
 	"github.com/crank-platform/crank-ca/provisioner"
 )
@@ -99,6 +103,9 @@ func (d *acmeDB) GetExternalAccountKeyByAccountID(ctx context.Context, provID, a
 	if b.Provisioner != spec.Name {
 		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "account %s is bound on provisioner %q", accID, b.Provisioner)
 	}
+	if err := d.bindingUsable(ctx, b); err != nil {
+		return nil, err
+	}
 	st := stateFrom(ctx)
 	st.binding = &b
 	if spec.Kind != KindWorkers {
@@ -117,6 +124,25 @@ func (d *acmeDB) GetExternalAccountKeyByAccountID(ctx context.Context, provID, a
 		BoundAt:       b.BoundAt,
 		Policy:        identityPolicy(id),
 	}, nil
+}
+
+// bindingUsable refuses bindings of a disabled worker, and bindings made
+// before its last disable: enabling a worker again needs a new token.
+func (d *acmeDB) bindingUsable(ctx context.Context, b store.Binding) error {
+	if b.Worker == "" {
+		return nil
+	}
+	ws, err := d.store.Worker(ctx, b.Provisioner, b.Worker)
+	if err != nil {
+		return acme.WrapErrorISE(err, "error reading worker state")
+	}
+	if ws.Disabled {
+		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is disabled", b.Worker)
+	}
+	if !ws.DisabledAt.IsZero() && !b.BoundAt.After(ws.DisabledAt) {
+		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q was disabled after this account was bound; a new join token is needed", b.Worker)
+	}
+	return nil
 }
 
 // identityPolicy allows exactly the identity's names. An identity without
@@ -183,7 +209,70 @@ func (d *acmeDB) CreateOrder(ctx context.Context, o *acme.Order) error {
 			o.Status = acme.StatusReady
 		}
 	}
-	return d.DB.CreateOrder(ctx, o)
+	replaces := stateFrom(ctx).replaces
+	if replaces == "" {
+		return d.DB.CreateOrder(ctx, o)
+	}
+	// RFC 9773 section 5: the replaced certificate is claimed before the
+	// order exists (so two orders cannot both replace it), and released if
+	// the order cannot be stored.
+	serial, err := d.claimReplaced(ctx, replaces, o.AccountID)
+	if err != nil {
+		return err
+	}
+	if err := d.DB.CreateOrder(ctx, o); err != nil {
+		_, _ = d.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
+			if r.ReplacedBy == claimMarker(o.AccountID) {
+				r.ReplacedBy = ""
+			}
+			return nil
+		})
+		return err
+	}
+	if _, err := d.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
+		r.ReplacedBy = o.ID
+		return nil
+	}); err != nil {
+		d.log.Error("recording a replacement", "serial", serial, "order", o.ID, "err", err)
+	}
+	d.audit.Info("certificate replacement ordered", "serial", serial, "order", o.ID, "account", o.AccountID)
+	return nil
+}
+
+func claimMarker(accountID string) string { return "claimed-by-" + accountID }
+
+// claimReplaced marks the certificate named by a certID as being replaced by
+// the account's new order.
+func (d *acmeDB) claimReplaced(ctx context.Context, certID, accountID string) (string, error) {
+	id, err := ari.ParseCertID(certID)
+	if err != nil {
+		return "", acme.NewDetailedError(acme.ErrorMalformedType, "replaces: %v", err)
+	}
+	serial := id.Serial.String()
+	rec, err := d.store.Cert(ctx, serial)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return "", acme.NewDetailedError(acme.ErrorMalformedType, "replaces names certificate %s, which this CA does not know", serial)
+	case err != nil:
+		return "", acme.WrapErrorISE(err, "error reading certificate %s", serial)
+	}
+	if rec.AccountID != accountID {
+		return "", acme.NewDetailedError(acme.ErrorUnauthorizedType, "certificate %s was issued to another account", serial)
+	}
+	_, err = d.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
+		if r.ReplacedBy != "" {
+			return store.ErrAlreadyReplaced
+		}
+		r.ReplacedBy = claimMarker(accountID)
+		return nil
+	})
+	switch {
+	case errors.Is(err, store.ErrAlreadyReplaced):
+		return "", &acme.Error{Type: "urn:ietf:params:acme:error:alreadyReplaced", Detail: fmt.Sprintf("certificate %s has already been replaced", serial), Status: http.StatusConflict}
+	case err != nil:
+		return "", acme.WrapErrorISE(err, "error marking certificate %s replaced", serial)
+	}
+	return serial, nil
 }
 
 func checkLifetime(spec *Provisioner, nb, na time.Time) error {
@@ -203,6 +292,29 @@ func checkLifetime(spec *Provisioner, nb, na time.Time) error {
 func (d *acmeDB) CreateCertificate(ctx context.Context, cert *acme.Certificate) error {
 	if err := d.DB.CreateCertificate(ctx, cert); err != nil {
 		return err
+	}
+	st := stateFrom(ctx)
+	rec := store.CertRecord{
+		Serial: cert.Leaf.SerialNumber.String(), AccountID: cert.AccountID, OrderID: cert.OrderID,
+		DNSNames: cert.Leaf.DNSNames, NotBefore: cert.Leaf.NotBefore, NotAfter: cert.Leaf.NotAfter,
+		AKI: hex.EncodeToString(cert.Leaf.AuthorityKeyId),
+	}
+	for _, ip := range cert.Leaf.IPAddresses {
+		rec.IPs = append(rec.IPs, ip.String())
+	}
+	if len(cert.Leaf.URIs) == 1 {
+		rec.SPIFFEID = cert.Leaf.URIs[0].String()
+	}
+	if st.spec != nil {
+		rec.Provisioner = st.spec.Name
+	}
+	if st.binding != nil {
+		rec.Worker = st.binding.Worker
+	}
+	// The record drives ARI and revocation; without it the certificate
+	// would never be told to renew, so failing here fails the issuance.
+	if err := d.store.PutCert(ctx, rec); err != nil {
+		return acme.WrapErrorISE(err, "error recording certificate")
 	}
 	attrs := []any{
 		"serial", cert.Leaf.SerialNumber.String(),

@@ -54,6 +54,10 @@ func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.
 	case err != nil:
 		return nil, acme.WrapErrorISE(err, "error reading account binding")
 	}
+	if err := f.db.bindingUsable(ctx, b); err != nil {
+		return nil, err
+	}
+	st.binding = &b
 	id, err := f.spec.Identities.Lookup(b.Worker)
 	if err != nil {
 		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)

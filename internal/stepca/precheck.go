@@ -10,6 +10,8 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/smallstep/certificates/acme"
 	"go.step.sm/crypto/jose"
+
+	"github.com/crank-platform/crank-ca/internal/ari"
 )
 
 // Limits of DNS names (RFC 1035 2.3.4).
@@ -60,9 +62,16 @@ func (l *linker) precheck(ctx context.Context, r *http.Request, route string, sp
 				Type  string `json:"type"`
 				Value string `json:"value"`
 			} `json:"identifiers"`
+			Replaces string `json:"replaces"`
 		}
 		if json.Unmarshal(unverifiedPayload(body), &nor) != nil {
 			return nil
+		}
+		if nor.Replaces != "" {
+			if _, err := ari.ParseCertID(nor.Replaces); err != nil {
+				return acme.NewDetailedError(acme.ErrorMalformedType, "replaces: %v", err)
+			}
+			stateFrom(ctx).replaces = nor.Replaces
 		}
 		for _, id := range nor.Identifiers {
 			if id.Type == "dns" && !plausibleDNSName(id.Value) {

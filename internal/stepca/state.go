@@ -25,6 +25,9 @@ type state struct {
 	// Set by the linker middleware on finalize.
 	orderID string
 	csr     *x509.CertificateRequest
+	// replaces is the certID of a new-order's "replaces" field (RFC 9773);
+	// read before smallstep verifies the request, used only after.
+	replaces string
 }
 
 type stateKey struct{}

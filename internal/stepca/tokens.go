@@ -69,6 +69,16 @@ func (t *tokenChecker) decide(ctx context.Context, spec *Provisioner, kid string
 			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is not a known identity", claims.Worker)
 		}
 		info.identity = &id
+		ws, err := t.store.Worker(ctx, spec.Name, claims.Worker)
+		if err != nil {
+			return tokenInfo{claims: claims}, acme.WrapErrorISE(err, "error reading worker state")
+		}
+		if ws.Disabled {
+			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is disabled", claims.Worker)
+		}
+		if !ws.DisabledAt.IsZero() && !claims.IssuedAt.After(ws.DisabledAt) {
+			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "the join token was minted before worker %q was disabled; mint a new one", claims.Worker)
+		}
 	default:
 		if claims.Worker != "" {
 			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "a worker token cannot register on provisioner %q", spec.Name)

@@ -58,7 +58,7 @@ func New(cfg Config) (*Store, error) {
 	if now == nil {
 		now = time.Now
 	}
-	for _, t := range [][]byte{bindingTable, tokenUsesTable} {
+	for _, t := range [][]byte{bindingTable, tokenUsesTable, certsTable, workersTable} {
 		if err := cfg.DB.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("store: create table %s: %w", t, err)
 		}

@@ -96,7 +96,7 @@ func (r *Retainer) Sweep(ctx context.Context) (Stats, error) {
 	var st Stats
 	var errs []error
 	steps := []func(context.Context, time.Time, *Stats) error{
-		r.sweepOrders, r.sweepAuthorizations, r.sweepACMECerts, r.sweepX509Certs, r.sweepRevocations, r.sweepSpentTokens,
+		r.sweepOrders, r.sweepAuthorizations, r.sweepACMECerts, r.sweepX509Certs, r.sweepRevocations, r.sweepSpentTokens, r.sweepCertRecords,
 	}
 	for _, step := range steps {
 		if err := ctx.Err(); err != nil {
@@ -315,6 +315,25 @@ func (r *Retainer) sweepSpentTokens(_ context.Context, cutoff time.Time, st *Sta
 			return err
 		}
 		st.SpentTokens++
+	}
+	return nil
+}
+
+// sweepCertRecords deletes crank-ca's records of certificates expired before
+// the cutoff (the certificates themselves go in sweepX509Certs).
+func (r *Retainer) sweepCertRecords(_ context.Context, cutoff time.Time, _ *Stats) error {
+	es, err := r.list(certsTable)
+	if err != nil {
+		return err
+	}
+	for _, e := range es {
+		var c CertRecord
+		if json.Unmarshal(e.Value, &c) != nil || c.NotAfter.After(cutoff) {
+			continue
+		}
+		if err := r.del(certsTable, e.Key); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -1,0 +1,68 @@
+package stepca
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/smallstep/certificates/authority"
+	steppro "github.com/smallstep/certificates/authority/provisioner"
+	stepdb "github.com/smallstep/certificates/db"
+
+	"github.com/crank-platform/crank-ca/internal/store"
+)
+
+// Errors of the operator operations.
+var (
+	ErrUnknownCertificate = errors.New("no certificate with this serial was issued here")
+	ErrAlreadyRevoked     = errors.New("certificate already revoked")
+)
+
+// Revoke revokes a certificate: smallstep records it and regenerates the
+// CRL, and crank-ca's record moves its ARI window to now.
+func (c *CA) Revoke(ctx context.Context, serial string, reasonCode int, reason string) error {
+	cert, err := c.auth.GetDatabase().GetCertificate(serial)
+	if err != nil || cert == nil {
+		return fmt.Errorf("%w: %s", ErrUnknownCertificate, serial)
+	}
+	if revoked, _ := c.auth.IsRevoked(serial); revoked {
+		return fmt.Errorf("%w: %s", ErrAlreadyRevoked, serial)
+	}
+	rctx := steppro.NewContextWithMethod(ctx, steppro.RevokeMethod)
+	if err := c.auth.Revoke(rctx, &authority.RevokeOptions{Serial: serial, ReasonCode: reasonCode, Reason: reason, ACME: true, Crt: cert}); err != nil {
+		if errors.Is(err, stepdb.ErrAlreadyExists) {
+			return fmt.Errorf("%w: %s", ErrAlreadyRevoked, serial)
+		}
+		return fmt.Errorf("revoke %s: %w", serial, err)
+	}
+	now := c.now().UTC()
+	if _, err := c.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
+		r.RevokedAt, r.Reason = now, reason
+		if r.RenewNow.IsZero() {
+			r.RenewNow = now
+		}
+		return nil
+	}); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("revoke %s: record: %w", serial, err)
+	}
+	c.audit.Warn("certificate revoked", "serial", serial, "reason", reason, "reasonCode", reasonCode)
+	return nil
+}
+
+// IsRevoked reports whether smallstep has the serial as revoked.
+func (c *CA) IsRevoked(serial string) bool {
+	r, _ := c.auth.IsRevoked(serial)
+	return r
+}
+
+// CRL returns the current CRL (DER), signed by the intermediate.
+func (c *CA) CRL(_ context.Context) ([]byte, error) {
+	info, err := c.auth.GetCertificateRevocationList()
+	if err != nil {
+		return nil, fmt.Errorf("crl: %w", err)
+	}
+	if info == nil || len(info.Data) == 0 {
+		return nil, errors.New("crl: none generated yet")
+	}
+	return info.Data, nil
+}
