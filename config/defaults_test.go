@@ -38,9 +38,9 @@ func TestApplyDefaults(t *testing.T) {
 				TokenKeyFile: "secrets/token.key",
 				Retention:    Retention{ExpiredCertificates: Dur(24 * time.Hour), Interval: Dur(time.Hour)},
 				Log:          Log{Level: "info", Format: "text"},
-				Admin: Admin{SPIFFEIDs: []string{"spiffe://crank.internal/admin/operator"}, CertFile: "admin/operator.crt", KeyFile: "admin/operator.key"},
-				ARI:   ARI{BandStartPercent: 50, BandEndPercent: 80, WindowPercent: 5, MinRetryAfter: Dur(5 * time.Second), MaxRetryAfter: Dur(time.Hour)},
-				CRL:   CRL{Interval: Dur(time.Hour)},
+				Admin:        Admin{SPIFFEIDs: []string{"spiffe://crank.internal/admin/operator"}, CertFile: "admin/operator.crt", KeyFile: "admin/operator.key"},
+				ARI:          ARI{BandStartPercent: 50, BandEndPercent: 80, WindowPercent: 5, MinRetryAfter: Dur(5 * time.Second), MaxRetryAfter: Dur(time.Hour)},
+				CRL:          CRL{Interval: Dur(time.Hour)},
 				Provisioners: []Provisioner{
 					{
 						Name: "w", Type: TypeWorkerAttestation,
@@ -86,9 +86,9 @@ func TestApplyDefaults(t *testing.T) {
 				TokenKeyFile: "secrets/token.key",
 				Retention:    Retention{ExpiredCertificates: Dur(24 * time.Hour), Interval: Dur(time.Hour)},
 				Log:          Log{Level: "debug", Format: "text"},
-				Admin: Admin{SPIFFEIDs: []string{"spiffe://crank.internal/admin/operator"}, CertFile: "admin/operator.crt", KeyFile: "admin/operator.key"},
-				ARI:   ARI{BandStartPercent: 50, BandEndPercent: 80, WindowPercent: 5, MinRetryAfter: Dur(5 * time.Second), MaxRetryAfter: Dur(time.Hour)},
-				CRL:   CRL{Interval: Dur(time.Hour)},
+				Admin:        Admin{SPIFFEIDs: []string{"spiffe://crank.internal/admin/operator"}, CertFile: "admin/operator.crt", KeyFile: "admin/operator.key"},
+				ARI:          ARI{BandStartPercent: 50, BandEndPercent: 80, WindowPercent: 5, MinRetryAfter: Dur(5 * time.Second), MaxRetryAfter: Dur(time.Hour)},
+				CRL:          CRL{Interval: Dur(time.Hour)},
 				Provisioners: []Provisioner{{
 					Name: "w", Type: TypeWorkerAttestation,
 					Claims:     Claims{workerClaims.MinCertDuration, workerClaims.DefaultCertDuration, Dur(48 * time.Hour)},

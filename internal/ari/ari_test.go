@@ -91,4 +91,3 @@ func TestWindowSpread(t *testing.T) {
 	}
 	t.Logf("window starts per tenth of the band: %v", buckets)
 }
-
