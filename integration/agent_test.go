@@ -173,6 +173,13 @@ func TestAgentRenewsThroughOutage(t *testing.T) {
 	// planned renewal: attempts fail, the current certificate stays.
 	held := a.Current()
 	c.stop()
+	// The agent plans its next attempt just after publishing the rotation.
+	for deadline := time.Now().Add(10 * time.Second); !a.NextRenewal().After(time.Now()); {
+		if time.Now().After(deadline) {
+			t.Fatal("no renewal planned after the rotation")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	downUntil := a.NextRenewal().Add(2 * time.Second)
 	time.Sleep(time.Until(downUntil))
 	if a.Current() != held {

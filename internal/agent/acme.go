@@ -94,6 +94,7 @@ func (a *Agent) clientLocked() (*acmeClient, error) {
 			return nil, classify(err, ErrTokenRejected)
 		}
 		acc.URI = reg.URI
+		acc.KID = kid
 		user.reg = reg
 		if err := a.saveAccount(acc); err != nil {
 			return nil, err
@@ -178,7 +179,11 @@ func (a *Agent) ariTime(_ context.Context, id *Identity) (time.Time, bool) {
 	}
 	w := info.SuggestedWindow
 	leaf := id.Leaf()
-	if w.Start.IsZero() || w.End.IsZero() || !w.End.After(w.Start) || w.Start.Before(leaf.NotBefore.Add(-time.Hour)) || w.End.After(leaf.NotAfter.Add(time.Hour)) {
+	// A window that closed before this certificate was even received
+	// cannot be about it (a CA computing from a backdated NotBefore would
+	// send one): renewing on it would renew in a loop.
+	stale := !id.obtained.IsZero() && w.End.Before(id.obtained)
+	if w.Start.IsZero() || w.End.IsZero() || !w.End.After(w.Start) || w.Start.Before(leaf.NotBefore.Add(-time.Hour)) || w.End.After(leaf.NotAfter.Add(time.Hour)) || stale {
 		a.log.Warn("ignoring an implausible ARI window", "start", w.Start, "end", w.End)
 		return time.Time{}, false
 	}

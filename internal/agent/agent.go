@@ -58,6 +58,10 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// HTTPTimeout bounds every request to the CA.
 	HTTPTimeout time.Duration
+	// CRLInterval is how often RunCRL fetches the CA's CRL; zero means
+	// DefaultCRLInterval. It bounds how long a revoked peer can still
+	// connect, so it is short, while a CRL is small and cheap to serve.
+	CRLInterval time.Duration
 }
 
 // Agent obtains and renews one worker's certificate.
@@ -78,6 +82,9 @@ type Agent struct {
 
 	subMu sync.Mutex
 	subs  []chan struct{}
+
+	// crl is the last good CRL (see crl.go), nil before the first fetch.
+	crl atomic.Pointer[crlSet]
 }
 
 // New checks the configuration; it does no I/O.
@@ -199,6 +206,14 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	if acc := st.account; acc != nil && acc.CAURL == a.cfg.CAURL && acc.Provisioner == a.cfg.Provisioner {
 		a.acct = acc
+		if kid := tokenKID(a.cfg.Token); kid != "" && kid != acc.KID {
+			// A new token means the operator re-enrolled this worker
+			// (for example after disabling and enabling it): register
+			// anew instead of reusing an account the CA may refuse.
+			a.log.Info("a new join token was given; registering a new account")
+			a.acct = nil
+			st.identity = nil
+		}
 	}
 	if id := st.identity; id != nil && a.root != nil && id.Roots[0].Equal(a.root) && a.now().Before(id.NotAfter()) && id.SPIFFEID.Path() != "" {
 		a.publish(id)
@@ -226,6 +241,17 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	a.publish(id)
 	return nil
+}
+
+func tokenKID(token string) string {
+	if token == "" {
+		return ""
+	}
+	kid, _, err := provisioner.ParseToken(token)
+	if err != nil {
+		return ""
+	}
+	return kid
 }
 
 // firstNames are the names of the first order: those the token carries.

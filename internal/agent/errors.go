@@ -14,9 +14,9 @@ var (
 	ErrNoToken = errors.New("no account in the state directory and no join token given")
 	// ErrCAUnreachable: the CA could not be reached.
 	ErrCAUnreachable = errors.New("the CA is unreachable")
-	// ErrAccountRejected: the CA no longer accepts this worker's account; a
-	// new join token is needed.
-	ErrAccountRejected = errors.New("the CA no longer accepts this worker's account; a new join token is needed")
+	// ErrAccountRejected: the CA no longer accepts this worker's account;
+	// restart the worker with a new join token.
+	ErrAccountRejected = errors.New("the CA no longer accepts this worker's account; restart it with a new join token")
 	// ErrCertificateRejected: the CA refused to issue (names, lifetime).
 	ErrCertificateRejected = errors.New("the CA refused to issue the certificate")
 )

@@ -32,6 +32,9 @@ type account struct {
 	// only reused against the same directory.
 	CAURL       string `json:"caURL"`
 	Provisioner string `json:"provisioner"`
+	// KID is the join token the account was registered with; a different
+	// token on a later start means the operator re-enrolled the worker.
+	KID string `json:"kid,omitempty"`
 }
 
 // state is what survives a restart.

@@ -64,14 +64,16 @@ type Window struct {
 
 // Window computes the window of a certificate. renewNow, when set (forced
 // rotation, revocation, disabled worker), moves the window to that instant:
-// [renewNow, renewNow + RetryAfter].
+// [renewNow, renewNow + RetryAfter/2]. A client polling every Retry-After
+// picks a time in the window, so a fleet still spreads its renewals, and
+// every member renews within one Retry-After of the decision.
 func (b Band) Window(serial string, notBefore, notAfter, renewNow time.Time) Window {
 	life := notAfter.Sub(notBefore)
 	retry := life / 20
 	retry = max(retry, b.MinRetryAfter)
 	retry = min(retry, b.MaxRetryAfter)
 	if !renewNow.IsZero() {
-		return Window{Start: renewNow, End: renewNow.Add(retry), RetryAfter: retry}
+		return Window{Start: renewNow, End: renewNow.Add(max(retry/2, time.Second)), RetryAfter: retry}
 	}
 	span := b.End - b.Width - b.Start
 	frac := b.Start + span*unit(serial)

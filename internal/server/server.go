@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +14,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/crank-platform/crank-ca/config"
+	"github.com/crank-platform/crank-ca/internal/admin"
 	"github.com/crank-platform/crank-ca/internal/ari"
 	"github.com/crank-platform/crank-ca/internal/pki"
 	"github.com/crank-platform/crank-ca/internal/stepca"
@@ -45,6 +49,7 @@ type Server struct {
 	certs    *pki.ServerCerts
 	handler  http.Handler
 	retainer *store.Retainer
+	admin    *admin.API
 }
 
 // New loads the key material, opens the store and builds the authority. On
@@ -110,6 +115,21 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 		Now:    now,
 		Logger: log,
 	})
+	var admins []spiffeid.ID
+	for _, raw := range cfg.Admin.SPIFFEIDs {
+		id, err := spiffeid.FromString(raw)
+		if err != nil {
+			_ = sca.Close()
+			return nil, fmt.Errorf("admin.spiffeIDs: %w", err)
+		}
+		admins = append(admins, id)
+	}
+	api, err := admin.New(admin.Config{Operator: operator{s}, Admins: admins, Logger: log, Audit: d.Audit})
+	if err != nil {
+		_ = sca.Close()
+		return nil, err
+	}
+	s.admin = api
 	s.handler = s.routes()
 	return s, nil
 }
@@ -142,9 +162,19 @@ func (s *Server) Fingerprint() string { return s.ca.Fingerprint() }
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // TLSConfig is the HTTPS configuration: TLS 1.2+, the self-renewing server
-// certificate.
+// certificate, and client certificates verified against the root when a
+// client offers one (the admin API requires one; ACME clients offer none).
+// Certificates stays empty so GetCertificate also serves clients that send
+// no SNI.
 func (s *Server) TLSConfig() *tls.Config {
-	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.certs.GetCertificate}
+	roots := x509.NewCertPool()
+	roots.AddCert(s.ca.Root)
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: s.certs.GetCertificate,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		ClientCAs:      roots,
+	}
 }
 
 // ListenAndServe listens on the configured address and serves until ctx is
@@ -214,6 +244,7 @@ func (s *Server) Close() error { return s.stepca.Close() }
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/acme/", s.stepca.Handler())
+	mux.Handle(admin.Prefix+"/", s.admin.Handler())
 	mux.HandleFunc("GET /roots.pem", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		_, _ = w.Write(s.ca.RootPEM())

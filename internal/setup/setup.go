@@ -6,6 +6,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/crank-platform/crank-ca/config"
 	"github.com/crank-platform/crank-ca/internal/pki"
@@ -57,7 +60,9 @@ func Init(opts Options) (_ Result, err error) {
 		IntermediateKey:  cfg.Resolve(cfg.PKI.IntermediateKey),
 	}
 	keyPath := cfg.Resolve(cfg.TokenKeyFile)
-	for _, p := range []string{cfgPath, keyPath, files.RootCert, files.RootKey, files.IntermediateCert, files.IntermediateKey} {
+	adminCert, adminKey := cfg.Resolve(cfg.Admin.CertFile), cfg.Resolve(cfg.Admin.KeyFile)
+	written := []string{cfgPath, keyPath, files.RootCert, files.RootKey, files.IntermediateCert, files.IntermediateKey, adminCert, adminKey}
+	for _, p := range written {
 		if _, err := os.Lstat(p); err == nil {
 			return Result{}, fmt.Errorf("init: %w: %s exists", ErrExists, p)
 		} else if !errors.Is(err, fs.ErrNotExist) {
@@ -73,7 +78,7 @@ func Init(opts Options) (_ Result, err error) {
 	}
 	defer func() {
 		if err != nil {
-			for _, p := range []string{cfgPath, keyPath, files.RootCert, files.RootKey, files.IntermediateCert, files.IntermediateKey} {
+			for _, p := range written {
 				_ = os.Remove(p)
 			}
 		}
@@ -81,10 +86,59 @@ func Init(opts Options) (_ Result, err error) {
 	if err := writeTokenKey(keyPath); err != nil {
 		return Result{}, fmt.Errorf("init: %w", err)
 	}
+	adminID, err := spiffeid.FromString(cfg.Admin.SPIFFEIDs[0])
+	if err != nil {
+		return Result{}, fmt.Errorf("init: admin.spiffeIDs[0]: %w", err)
+	}
+	if err := WriteAdminCert(ca, adminID, AdminCertLifetime, adminCert, adminKey); err != nil {
+		return Result{}, fmt.Errorf("init: %w", err)
+	}
 	if err := cfg.Write(cfgPath); err != nil {
 		return Result{}, fmt.Errorf("init: %w", err)
 	}
 	return Result{ConfigPath: cfgPath, Fingerprint: ca.Fingerprint(), Config: cfg}, nil
+}
+
+// AdminCertLifetime is the lifetime of operator certificates: long enough
+// to be convenient, short enough that a lost laptop does not hold a
+// permanent key to the CA.
+const AdminCertLifetime = 90 * 24 * time.Hour
+
+// WriteAdminCert issues an operator certificate for id and writes it (0644)
+// and its key (0600), refusing to overwrite either.
+func WriteAdminCert(ca *pki.CA, id spiffeid.ID, lifetime time.Duration, certPath, keyPath string) error {
+	certPEM, keyPEM, err := pki.IssueClientCert(ca, id, lifetime, time.Now())
+	if err != nil {
+		return err
+	}
+	if err := writeNew(keyPath, keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := writeNew(certPath, certPEM, 0o644); err != nil {
+		_ = os.Remove(keyPath)
+		return err
+	}
+	return nil
+}
+
+// writeNew creates path (and its directory, 0700) exclusively.
+func writeNew(path string, data []byte, perm os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func writeTokenKey(path string) error {
@@ -96,20 +150,5 @@ func writeTokenKey(path string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	return f.Close()
+	return writeNew(path, b, 0o600)
 }

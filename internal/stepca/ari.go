@@ -56,7 +56,7 @@ func (c *CA) renewalInfo(w http.ResponseWriter, r *http.Request) {
 			renewNow = c.now()
 		}
 	}
-	win := c.ari.Window(serial, rec.NotBefore, rec.NotAfter, renewNow)
+	win := c.ari.Window(serial, rec.Start(), rec.NotAfter, renewNow)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Retry-After", strconv.Itoa(int(win.RetryAfter/time.Second)))
 	_ = json.NewEncoder(w).Encode(map[string]any{

@@ -296,7 +296,7 @@ func (d *acmeDB) CreateCertificate(ctx context.Context, cert *acme.Certificate) 
 	st := stateFrom(ctx)
 	rec := store.CertRecord{
 		Serial: cert.Leaf.SerialNumber.String(), AccountID: cert.AccountID, OrderID: cert.OrderID,
-		DNSNames: cert.Leaf.DNSNames, NotBefore: cert.Leaf.NotBefore, NotAfter: cert.Leaf.NotAfter,
+		DNSNames: cert.Leaf.DNSNames, NotBefore: cert.Leaf.NotBefore, NotAfter: cert.Leaf.NotAfter, IssuedAt: d.now().UTC(),
 		AKI: hex.EncodeToString(cert.Leaf.AuthorityKeyId),
 	}
 	for _, ip := range cert.Leaf.IPAddresses {

@@ -31,6 +31,10 @@ type CertRecord struct {
 	IPs         []string  `json:"ips,omitempty"`
 	NotBefore   time.Time `json:"notBefore"`
 	NotAfter    time.Time `json:"notAfter"`
+	// IssuedAt is when the CA signed it. NotBefore is backdated for clock
+	// skew (a minute), which for minute-long certificates is a large part
+	// of the lifetime; renewal windows are placed from IssuedAt.
+	IssuedAt time.Time `json:"issuedAt,omitzero"`
 	// AKI is the authority key identifier (hex), checked against ARI
 	// certIDs.
 	AKI string `json:"aki"`
@@ -41,6 +45,15 @@ type CertRecord struct {
 	ReplacedBy string    `json:"replacedBy,omitempty"`
 	RevokedAt  time.Time `json:"revokedAt,omitzero"`
 	Reason     string    `json:"reason,omitempty"`
+}
+
+// Start is where the certificate's useful life begins: IssuedAt when known
+// and after NotBefore, else NotBefore.
+func (r CertRecord) Start() time.Time {
+	if r.IssuedAt.After(r.NotBefore) && r.IssuedAt.Before(r.NotAfter) {
+		return r.IssuedAt
+	}
+	return r.NotBefore
 }
 
 // Live reports whether the certificate is unexpired and not revoked.

@@ -74,13 +74,15 @@ func (w *Worker) Start(ctx context.Context) error {
 	return nil
 }
 
-// Serve serves h over mTLS and keeps the identity rotating until ctx is
-// done, then shuts down gracefully. Start must have succeeded.
+// Serve serves h over mTLS and keeps the identity rotating and the CA's
+// CRL fresh until ctx is done, then shuts down gracefully. Callers whose
+// certificate the CA has revoked are refused. Start must have succeeded.
 func (w *Worker) Serve(ctx context.Context, h http.Handler) error {
 	authz := w.cfg.Authorizer
 	if authz == nil {
 		authz = workertls.AuthorizeMemberOf(w.agent.Current().SPIFFEID.TrustDomain())
 	}
+	authz = workertls.RefuseRevoked(authz, w.agent)
 	hs := &http.Server{
 		Handler:           h,
 		TLSConfig:         workertls.ServerConfig(w.agent, authz),
@@ -91,6 +93,8 @@ func (w *Worker) Serve(ctx context.Context, h http.Handler) error {
 	defer stop()
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- w.agent.Run(runCtx) }()
+	crlDone := make(chan error, 1)
+	go func() { crlDone <- w.agent.RunCRL(runCtx) }()
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- hs.ServeTLS(w.ln, "", "") }()
 	id := w.agent.Current()
@@ -107,6 +111,7 @@ func (w *Worker) Serve(ctx context.Context, h http.Handler) error {
 	}
 	stop()
 	<-agentDone
+	<-crlDone
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -115,12 +120,16 @@ func (w *Worker) Serve(ctx context.Context, h http.Handler) error {
 
 // Client returns an HTTP client that calls peers over mTLS with the
 // worker's current certificate, accepting servers that authz admits (nil:
-// any member of the trust domain). Connections are not kept alive past
-// IdleTimeout so that rotated certificates are presented soon.
+// any member of the trust domain) unless the CA has revoked their
+// certificate; revocations are known while Serve runs, which fetches the
+// CRL. Connections are not kept alive past IdleTimeout so that rotated
+// certificates are presented soon; a revocation is enforced on the next
+// handshake, not on connections already open.
 func (w *Worker) Client(authz tlsconfig.Authorizer) *http.Client {
 	if authz == nil {
 		authz = workertls.AuthorizeMemberOf(w.agent.Current().SPIFFEID.TrustDomain())
 	}
+	authz = workertls.RefuseRevoked(authz, w.agent)
 	return &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{

@@ -1,0 +1,413 @@
+// Command crank-agent is the worker side of crank-ca as a program. It
+// obtains a worker's certificate, keeps it renewed and writes it to files
+// (cert.pem, chain.pem, key.pem, root.pem), either on its own (--once, or as
+// a daemon) or as the supervisor of the worker's program, which it starts
+// with the file paths in its environment and signals after every rotation.
+//
+// It only parses flags and the environment, sets up logging and signals, and
+// maps errors to exit codes; the work is in internal/agent (ACME) and
+// internal/supervise (the child process).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/crank-platform/crank-ca/internal/agent"
+	"github.com/crank-platform/crank-ca/internal/paths"
+	"github.com/crank-platform/crank-ca/internal/supervise"
+)
+
+// Environment variables crank-agent reads, and those it sets for its child.
+const (
+	envToken     = "CRANK_TOKEN"
+	envCertFile  = "CRANK_CERT_FILE"
+	envKeyFile   = "CRANK_KEY_FILE"
+	envChainFile = "CRANK_CHAIN_FILE"
+	envRootFile  = "CRANK_ROOT_FILE"
+	envSPIFFEID  = "CRANK_SPIFFE_ID"
+)
+
+const usage = `crank-agent: obtains and renews a worker's certificate from crank-ca
+
+Usage:
+  crank-agent --ca-url URL --fingerprint HEX --worker NAME [--token TOKEN | --token-file FILE] [options] -- COMMAND [ARG...]
+  crank-agent --ca-url URL --fingerprint HEX --worker NAME [--token TOKEN | --token-file FILE] [options] --once
+  crank-agent --ca-url URL --fingerprint HEX --worker NAME [--token TOKEN | --token-file FILE] [options]
+
+With a COMMAND, crank-agent obtains the certificate, writes the files to --out
+and starts COMMAND with ` + envCertFile + `, ` + envKeyFile + `, ` + envChainFile + `,
+` + envRootFile + ` (absolute paths) and ` + envSPIFFEID + ` added to its environment.
+After every renewal it rewrites the files and then sends COMMAND --signal.
+SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to COMMAND,
+and crank-agent exits with COMMAND's status (128+n if it died from signal n).
+
+With --once it obtains a certificate, or reuses a still valid one from the
+state directory without contacting the CA, writes the files and exits.
+With neither it keeps renewing and rewriting the files until SIGINT or SIGTERM.
+
+The join token is needed only until the worker has an account: --token,
+--token-file or $` + envToken + ` (which is not passed on to COMMAND). --fingerprint
+is needed only until the state directory holds the CA's root. The state
+directory is --state, else $` + paths.EnvStateDir + `, else ` + paths.ContainerBase + `/NAME in a
+container, else $XDG_STATE_HOME/crank/NAME or ~/.local/state/crank/NAME.
+
+Exit status: 0 done, 1 failure, 2 usage error, or COMMAND's status.
+
+Options:
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks command-line mistakes (exit code 2).
+var errUsage = errors.New("usage")
+
+func usageErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+// options is the parsed command line.
+type options struct {
+	caURL, fingerprint, token, tokenFile, worker, provisioner, state, out string
+	signal                                                                os.Signal // nil: none
+	once                                                                  bool
+	logFormat                                                             string
+	logLevel                                                              slog.Level
+	command                                                               []string
+}
+
+func newFlagSet(o *options) (*flag.FlagSet, *string, *string) {
+	fs := flag.NewFlagSet("crank-agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.caURL, "ca-url", "", "the CA's base `URL`, e.g. https://ca.internal:9090 (required)")
+	fs.StringVar(&o.fingerprint, "fingerprint", "", "`HEX` SHA-256 of the CA's root certificate, as crank-ca init printed it")
+	fs.StringVar(&o.token, "token", "", "join `TOKEN` (visible to other local users in the process list; prefer --token-file or $"+envToken+")")
+	fs.StringVar(&o.tokenFile, "token-file", "", "`FILE` holding the join token")
+	fs.StringVar(&o.worker, "worker", "", "the worker's `NAME` (required)")
+	fs.StringVar(&o.provisioner, "provisioner", agent.DefaultProvisioner, "the CA's worker `provisioner`")
+	fs.StringVar(&o.state, "state", "", "state `DIR` (account, certificate, key, pinned root)")
+	fs.StringVar(&o.out, "out", "", "`DIR` to write cert.pem, chain.pem, key.pem and root.pem to (default STATE/tls)")
+	sig := fs.String("signal", "HUP", "`SIGNAL` sent to COMMAND after each rotation: HUP, USR1, USR2, TERM, ... or none")
+	fs.BoolVar(&o.once, "once", false, "obtain or reuse a certificate, write the files and exit")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log `format` on stderr: text or json")
+	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	return fs, sig, level
+}
+
+// parseArgs parses and checks the command line; every error wraps errUsage
+// (or is flag.ErrHelp).
+func parseArgs(args []string) (*options, error) {
+	o := &options{}
+	fs, sig, level := newFlagSet(o)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	o.command = fs.Args()
+	switch {
+	case o.caURL == "":
+		return nil, usageErr("--ca-url is required")
+	case o.worker == "":
+		return nil, usageErr("--worker is required")
+	case o.token != "" && o.tokenFile != "":
+		return nil, usageErr("--token and --token-file are mutually exclusive")
+	case o.once && len(o.command) > 0:
+		return nil, usageErr("--once runs no command: drop either --once or %q", strings.Join(o.command, " "))
+	case len(o.command) == 0 && len(args) > 0 && args[len(args)-1] == "--":
+		return nil, usageErr("no command after --")
+	case o.logFormat != "text" && o.logFormat != "json":
+		return nil, usageErr("--log-format %q: want text or json", o.logFormat)
+	}
+	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return nil, usageErr("--log-level %q: want debug, info, warn or error", *level)
+	}
+	s, err := parseSignal(*sig)
+	if err != nil {
+		return nil, usageErr("--signal: %v", err)
+	}
+	o.signal = s
+	return o, nil
+}
+
+// parseSignal accepts a signal name with or without SIG, in any case, a
+// signal number, or "none".
+func parseSignal(name string) (os.Signal, error) {
+	n := strings.ToUpper(strings.TrimSpace(name))
+	if n == "NONE" || n == "" {
+		return nil, nil
+	}
+	if s, ok := signalNames[strings.TrimPrefix(n, "SIG")]; ok {
+		return s, nil
+	}
+	if i, err := strconv.Atoi(n); err == nil && i > 0 && i < 65 {
+		return syscall.Signal(i), nil
+	}
+	known := make([]string, 0, len(signalNames))
+	for k := range signalNames {
+		known = append(known, k)
+	}
+	return nil, fmt.Errorf("unknown signal %q (want none or one of %s)", name, strings.Join(slices.Sorted(slices.Values(known)), ", "))
+}
+
+func printUsage(w io.Writer) {
+	fs, _, _ := newFlagSet(&options{})
+	fs.SetOutput(w)
+	fmt.Fprint(w, usage)
+	fs.PrintDefaults()
+}
+
+// run returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseArgs(args)
+	if errors.Is(err, flag.ErrHelp) {
+		printUsage(stdout)
+		return 0
+	}
+	if err == nil {
+		var code int
+		code, err = execute(o, stderr)
+		if err == nil {
+			return code
+		}
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+	if errors.Is(err, errUsage) {
+		fmt.Fprintf(stderr, "crank-agent: %s\n(run crank-agent -h for usage)\n", strings.TrimPrefix(msg, errUsage.Error()+": "))
+		return 2
+	}
+	fmt.Fprintf(stderr, "crank-agent: %s\n", msg)
+	return 1
+}
+
+func newLogger(w io.Writer, o *options) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: o.logLevel}
+	if o.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// readToken returns the join token from --token, --token-file or the
+// environment, in that order; "" if there is none.
+func readToken(o *options) (string, error) {
+	if o.token != "" {
+		return strings.TrimSpace(o.token), nil
+	}
+	if o.tokenFile != "" {
+		b, err := os.ReadFile(o.tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("--token-file: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("--token-file %s is empty", o.tokenFile)
+		}
+		return tok, nil
+	}
+	return strings.TrimSpace(os.Getenv(envToken)), nil
+}
+
+// execute runs crank-agent once the command line is known. It returns the
+// exit status, or an error (usage errors wrap errUsage).
+func execute(o *options, stderr io.Writer) (int, error) {
+	stateDir, source, err := paths.StateDir(o.state, o.worker, paths.Env{Getenv: os.Getenv})
+	if err != nil {
+		if errors.Is(err, paths.ErrInvalidWorker) {
+			return 0, fmt.Errorf("%w: --worker %q is not a valid worker name (a lower-case DNS label)", errUsage, o.worker)
+		}
+		return 0, err
+	}
+	out := o.out
+	if out == "" {
+		out = filepath.Join(stateDir, "tls")
+	}
+	if out, err = filepath.Abs(out); err != nil {
+		return 0, fmt.Errorf("--out: %w", err)
+	}
+	token, err := readToken(o)
+	if err != nil {
+		return 0, err
+	}
+	log := newLogger(stderr, o)
+	routeLegoLogs(log)
+	a, err := agent.New(agent.Config{
+		CAURL: o.caURL, Provisioner: o.provisioner, Fingerprint: o.fingerprint, Token: token,
+		Worker: o.worker, StateDir: stateDir, Logger: log,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	mode := "daemon"
+	switch {
+	case o.once:
+		mode = "once"
+	case len(o.command) > 0:
+		mode = "supervise"
+	}
+	log = log.With("worker", o.worker)
+	log.Info("crank-agent starting", "mode", mode, "caURL", o.caURL, "state", stateDir, "stateSource", string(source), "out", out)
+
+	// In supervise mode every signal crank-agent would otherwise die of is
+	// collected from now on, so none is lost before the child runs.
+	var sigs chan os.Signal
+	if mode == "supervise" {
+		sigs = make(chan os.Signal, 8)
+		signal.Notify(sigs, forwarded...)
+		defer signal.Stop(sigs)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if err := a.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return 0, errors.New("interrupted before a certificate was obtained")
+		}
+		return 0, explain(err, stateDir, o.worker)
+	}
+	if ctx.Err() != nil {
+		return 0, errors.New("interrupted before the certificate files were written")
+	}
+	id := a.Current()
+	if err := agent.WriteFiles(out, id); err != nil {
+		return 0, fmt.Errorf("writing the certificate files to %s: %w", out, err)
+	}
+	log.Info("certificate files written", "serial", id.Serial(), "notAfter", id.NotAfter(), "spiffeID", id.SPIFFEID.String(), "out", out)
+	if o.once {
+		return 0, nil
+	}
+
+	rotations := a.Subscribe()
+	agentCtx, stopAgent := context.WithCancel(context.Background())
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- a.Run(agentCtx) }()
+	defer func() {
+		stopAgent()
+		<-agentDone
+	}()
+	onRotate := func() error {
+		id := a.Current()
+		if err := agent.WriteFiles(out, id); err != nil {
+			return fmt.Errorf("writing the certificate files to %s: %w", out, err)
+		}
+		logRotation(agentCtx, log, a, id, out)
+		return nil
+	}
+
+	if mode == "daemon" {
+		for {
+			select {
+			case <-ctx.Done():
+				log.Info("crank-agent stopping", "cause", "signal")
+				return 0, nil
+			case <-rotations:
+				if err := onRotate(); err != nil {
+					log.Error("certificate rotated but the files could not be written; the previous files stay", "err", err)
+				}
+			}
+		}
+	}
+
+	// Supervise: from here on SIGINT and SIGTERM go to the child only, and
+	// crank-agent ends when the child does.
+	stop()
+	env := childEnv(os.Environ(), out, id.SPIFFEID.String())
+	code, err := supervise.Run(context.Background(), supervise.Config{
+		Command: o.command, Env: env,
+		Rotations: rotations, OnRotate: onRotate, RotateSignal: o.signal,
+		Signals: sigs, Logger: log,
+	})
+	if err != nil {
+		return 0, err
+	}
+	log.Info("crank-agent stopping", "cause", "child exited", "status", code)
+	return code, nil
+}
+
+// logRotation logs a rotation with the next planned renewal. The agent
+// publishes a new certificate before planning the next renewal, so the plan
+// (always later than the rotation) is waited for briefly, off the
+// rotation's path.
+func logRotation(ctx context.Context, log *slog.Logger, a *agent.Agent, id *agent.Identity, out string) {
+	rotated := time.Now()
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		deadline := time.After(5 * time.Second)
+		for {
+			if next := a.NextRenewal(); next.After(rotated) {
+				log.Info("certificate rotated; files written", "serial", id.Serial(), "notAfter", id.NotAfter(), "nextRenewal", next, "out", out)
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-deadline:
+				log.Info("certificate rotated; files written", "serial", id.Serial(), "notAfter", id.NotAfter(), "out", out)
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// childEnv is the child's environment: crank-agent's own without the join
+// token, plus the paths of the files and the SPIFFE ID.
+func childEnv(parent []string, out, spiffeID string) []string {
+	env := make([]string, 0, len(parent)+5)
+	set := map[string]string{
+		envCertFile:  filepath.Join(out, "cert.pem"),
+		envKeyFile:   filepath.Join(out, "key.pem"),
+		envChainFile: filepath.Join(out, "chain.pem"),
+		envRootFile:  filepath.Join(out, "root.pem"),
+		envSPIFFEID:  spiffeID,
+	}
+	for _, kv := range parent {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ours := set[k]; ours || k == envToken {
+			continue
+		}
+		env = append(env, kv)
+	}
+	for _, k := range []string{envCertFile, envKeyFile, envChainFile, envRootFile, envSPIFFEID} {
+		env = append(env, k+"="+set[k])
+	}
+	return env
+}
+
+// explain adds to an agent error what the operator can do about it. The
+// agent's errors already start with the problem ("the CA is unreachable:
+// ...").
+func explain(err error, stateDir, worker string) error {
+	var hint string
+	switch {
+	case errors.Is(err, agent.ErrFingerprintMismatch):
+		hint = "check --fingerprint against the root fingerprint `crank-ca init` printed"
+	case errors.Is(err, agent.ErrTokenRejected):
+		hint = "join tokens are single-use and expire; mint a new one with `crank-ca token create --worker " + worker + "`"
+	case errors.Is(err, agent.ErrNoToken):
+		hint = "pass --token, --token-file or $" + envToken
+	case errors.Is(err, agent.ErrAccountRejected):
+		hint = "remove account.json and account.key from " + stateDir + " and start again with a new join token"
+	case errors.Is(err, agent.ErrCAUnreachable):
+		hint = "check --ca-url and the network; a worker with a valid certificate in its state directory starts without the CA"
+	default:
+		return err
+	}
+	return fmt.Errorf("%w (%s)", err, hint)
+}

@@ -1,0 +1,177 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// requestInfo is what one request accumulates for its audit record.
+type requestInfo struct {
+	admin spiffeid.ID // set once authorized
+	peer  spiffeid.ID // the client's ID when it is not an admin
+	attrs []any       // what was asked for and done, as slog key/value pairs
+}
+
+type requestInfoKey struct{}
+
+// AdminID returns the SPIFFE ID of the admin on whose behalf ctx, the
+// context of a request served by the API, is running, so that an Operator
+// can attribute its own records.
+func AdminID(ctx context.Context) (spiffeid.ID, bool) {
+	info, ok := ctx.Value(requestInfoKey{}).(*requestInfo)
+	if !ok || info.admin.IsZero() {
+		return spiffeid.ID{}, false
+	}
+	return info.admin, true
+}
+
+// note adds key/value pairs to the request's audit record. Never pass
+// secrets.
+func note(ctx context.Context, args ...any) {
+	if info, ok := ctx.Value(requestInfoKey{}).(*requestInfo); ok {
+		info.attrs = append(info.attrs, args...)
+	}
+}
+
+// serve authenticates every request before routing it, so that nothing
+// about the API, not even which routes exist, is visible to anyone but an
+// admin, and audits it whatever the outcome.
+func (a *API) serve(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	info := &requestInfo{}
+	r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
+	rec := &statusRecorder{ResponseWriter: w}
+	defer func() { a.record(r, rec.status, info, time.Since(start)) }()
+
+	id, err := a.authenticate(r)
+	if err != nil {
+		info.peer = id
+		a.writeProblem(rec, r, err)
+		return
+	}
+	info.admin = id
+	if err := a.csrf.Check(r); err != nil {
+		a.writeProblem(rec, r, fmt.Errorf("%w: cross-origin browser request refused", errForbidden))
+		return
+	}
+	a.mux.ServeHTTP(rec, r)
+}
+
+// authenticate returns the admin ID of the client. The TLS handshake has
+// already verified the certificate chain against the CA root (and its
+// expiry and clientAuth usage); what remains is whose certificate it is.
+// On errForbidden it also returns the client's ID if it has one.
+func (a *API) authenticate(r *http.Request) (spiffeid.ID, error) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return spiffeid.ID{}, errUnauthenticated
+	}
+	leaf := r.TLS.VerifiedChains[0][0]
+	if len(leaf.URIs) != 1 {
+		return spiffeid.ID{}, fmt.Errorf("%w: the client certificate must carry exactly one URI SAN, an admin SPIFFE ID", errForbidden)
+	}
+	id, err := spiffeid.FromURI(leaf.URIs[0])
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%w: the client certificate's URI SAN is not a SPIFFE ID", errForbidden)
+	}
+	if _, ok := a.admins[id.String()]; !ok {
+		return id, fmt.Errorf("%w: %s is not an admin", errForbidden, id)
+	}
+	return id, nil
+}
+
+// record writes the request's audit record and log line.
+func (a *API) record(r *http.Request, status int, info *requestInfo, took time.Duration) {
+	if status == 0 {
+		status = http.StatusOK // nothing written: net/http answers 200
+	}
+	var outcome string
+	switch {
+	case status < 400:
+		outcome = "ok"
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		outcome = "denied"
+	case status < 500:
+		outcome = "rejected"
+	default:
+		outcome = "failed"
+	}
+	args := make([]any, 0, 16+len(info.attrs))
+	if !info.admin.IsZero() {
+		args = append(args, "admin", info.admin.String())
+	} else if !info.peer.IsZero() {
+		args = append(args, "client", info.peer.String())
+	}
+	args = append(args,
+		"method", r.Method,
+		"path", r.URL.Path,
+		"status", status,
+		"outcome", outcome,
+		"remote", r.RemoteAddr,
+		"duration", took)
+	args = append(args, info.attrs...)
+	ctx := context.WithoutCancel(r.Context())
+	a.audit.InfoContext(ctx, "admin request", args...)
+	a.log.InfoContext(ctx, "admin request", args...)
+}
+
+// statusRecorder remembers the status code written through it.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// endpoint is an admin operation: it reads the request and returns the
+// status and value of a successful response, or an error for problemFor.
+type endpoint func(r *http.Request) (status int, body any, err error)
+
+// adapt turns an endpoint into a handler: bodies are capped, results
+// encoded as JSON, errors turned into problem documents, and a panic in an
+// Operator becomes a 500 rather than a dropped connection.
+func (a *API) adapt(e endpoint) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		status, body, err := func() (status int, body any, err error) {
+			defer func() {
+				if v := recover(); v != nil {
+					if v == http.ErrAbortHandler {
+						panic(v)
+					}
+					err = fmt.Errorf("panic: %v", v)
+				}
+			}()
+			return e(r)
+		}()
+		if err != nil {
+			a.writeProblem(w, r, err)
+			return
+		}
+		encoded, err := json.Marshal(body)
+		if err != nil {
+			a.writeProblem(w, r, fmt.Errorf("encode response: %w", err))
+			return
+		}
+		writeBody(w, status, "application/json", encoded)
+	})
+}
