@@ -25,6 +25,7 @@ func (c *ca) runWorker(t *testing.T, name string, logs *syncBuffer, opts ...func
 		Agent: agent.Config{
 			CAURL: c.url, Fingerprint: c.fingerprint(), Token: c.token(name).Encode(), Worker: name,
 			StateDir: filepath.Join(t.TempDir(), name), RetryMin: 200 * time.Millisecond, RetryMax: 2 * time.Second, HTTPTimeout: 5 * time.Second,
+			CRLInterval: time.Second,
 		},
 		Listen: "127.0.0.1:0",
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),

@@ -345,6 +345,15 @@ func sleepUntil(ctx context.Context, now func() time.Time, at time.Time) error {
 	}
 }
 
+// RenewNow makes one renewal attempt immediately, outside the schedule (an
+// operator's nudge, or a test). Start must have succeeded.
+func (a *Agent) RenewNow(_ context.Context) error {
+	if a.Current() == nil {
+		return errors.New("agent: RenewNow before a successful Start")
+	}
+	return a.renew()
+}
+
 // renew obtains a new certificate for the current one's names.
 func (a *Agent) renew() error {
 	a.mu.Lock()
