@@ -1,5 +1,8 @@
 // Command crank-ca is the crank-ca certificate authority: `init` creates a CA
-// directory, `serve` runs the ACME server, `token create` mints join tokens.
+// directory, `serve` runs the ACME server, `token create` mints join tokens,
+// and the operator commands (workers, accounts, certs, revoke, rotate,
+// worker disable/enable) drive the running server's admin API with the
+// operator certificate; `admin cert` issues more operator certificates.
 // It only parses flags, sets up logging and signals, and maps errors to exit
 // codes; the work is in internal/.
 package main
@@ -19,6 +22,8 @@ import (
 	"time"
 
 	"github.com/crank-platform/crank-ca/config"
+	"github.com/crank-platform/crank-ca/internal/admin"
+	"github.com/crank-platform/crank-ca/internal/adminclient"
 	"github.com/crank-platform/crank-ca/internal/server"
 	"github.com/crank-platform/crank-ca/internal/setup"
 )
@@ -28,8 +33,28 @@ const usage = `crank-ca: an internal ACME certificate authority for mTLS workers
 Usage:
   crank-ca init --dir DIR [--listen ADDR] [--trust-domain TD] [--dns NAME,...]
   crank-ca serve --config FILE
-  crank-ca token create --config FILE --worker NAME [--ttl DURATION] [--provisioner NAME] [--json]
-  crank-ca token create --config FILE --provisioner ACME-NAME [--ttl DURATION] [--json]   (EAB credentials)
+  crank-ca token create --config FILE --worker NAME [--ttl DURATION] [--provisioner NAME] [--json] [--local]
+  crank-ca token create --config FILE --provisioner ACME-NAME [--ttl DURATION] [--json] [--local]   (EAB credentials)
+
+Operator commands (admin API of the running server, over mutual TLS):
+  crank-ca workers list --config FILE [--json]
+  crank-ca accounts list --config FILE [--json]
+  crank-ca certs list --config FILE [--worker NAME] [--all] [--json]
+  crank-ca revoke --config FILE (--serial SERIAL | --worker NAME) [--reason RFC5280-REASON]
+  crank-ca rotate --config FILE (--worker NAME | --all) [--issued-before RFC3339]
+  crank-ca worker disable NAME --config FILE [--provisioner NAME]
+  crank-ca worker enable NAME --config FILE [--provisioner NAME]
+  These, and token create, also take:
+    --server URL          the CA (default https://<listen> of the configuration)
+    --admin-cert FILE     operator certificate (default admin.certFile, admin/operator.crt)
+    --admin-key FILE      its key (default admin.keyFile, admin/operator.key)
+  token create mints through the server (which refuses disabled workers);
+  if the server is not reachable it mints locally from the token key, and
+  --local always does.
+
+  crank-ca admin cert --config FILE --name NAME [--lifetime DURATION] [--out DIR]
+    issues an operator certificate for spiffe://<trustDomain>/admin/NAME from
+    the local intermediate; list that ID in admin.spiffeIDs to let it in.
 `
 
 func main() {
@@ -41,6 +66,7 @@ var errUsage = errors.New("usage")
 
 func run(args []string, stdout, stderr io.Writer) int {
 	err := dispatch(args, stdout, stderr)
+	var problem *adminclient.ProblemError
 	switch {
 	case err == nil:
 		return 0
@@ -49,6 +75,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "crank-ca: %v\n\n%s", err, usage)
 		return 2
+	case errors.As(err, &problem):
+		// The server's words, which are meant for people.
+		fmt.Fprintf(stderr, "crank-ca: %s (HTTP %d)\n", problem.Error(), problem.Status)
+		return 1
 	default:
 		fmt.Fprintf(stderr, "crank-ca: %v\n", err)
 		return 1
@@ -69,6 +99,38 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%w: token needs the subcommand create", errUsage)
 		}
 		return cmdTokenCreate(args[2:], stdout, stderr)
+	case "workers", "worker":
+		if len(args) < 2 {
+			return fmt.Errorf("%w: %s needs a subcommand: list, disable or enable", errUsage, args[0])
+		}
+		switch args[1] {
+		case "list":
+			return cmdWorkersList(args[2:], stdout, stderr)
+		case "disable":
+			return cmdWorkerSetDisabled(args[2:], true, stdout, stderr)
+		case "enable":
+			return cmdWorkerSetDisabled(args[2:], false, stdout, stderr)
+		}
+		return fmt.Errorf("%w: unknown subcommand %s %q", errUsage, args[0], args[1])
+	case "accounts":
+		if len(args) < 2 || args[1] != "list" {
+			return fmt.Errorf("%w: accounts needs the subcommand list", errUsage)
+		}
+		return cmdAccountsList(args[2:], stdout, stderr)
+	case "certs":
+		if len(args) < 2 || args[1] != "list" {
+			return fmt.Errorf("%w: certs needs the subcommand list", errUsage)
+		}
+		return cmdCertsList(args[2:], stdout, stderr)
+	case "revoke":
+		return cmdRevoke(args[1:], stdout, stderr)
+	case "rotate":
+		return cmdRotate(args[1:], stdout, stderr)
+	case "admin":
+		if len(args) < 2 || args[1] != "cert" {
+			return fmt.Errorf("%w: admin needs the subcommand cert", errUsage)
+		}
+		return cmdAdminCert(args[2:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -169,35 +231,64 @@ func newLoggers(w io.Writer, c config.Log) (*slog.Logger, *slog.Logger) {
 
 func cmdTokenCreate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("token create", stderr)
-	path := fs.String("config", "", "configuration file (required)")
+	af := addAPIFlags(fs)
 	worker := fs.String("worker", "", "worker name the token binds to")
 	prov := fs.String("provisioner", "", "provisioner (default: the first worker-attestation provisioner)")
 	ttl := fs.Duration("ttl", 0, "token lifetime (default: the provisioner's joinTokens.defaultTTL)")
 	asJSON := fs.Bool("json", false, `print {"kid","hmacKey","token","expiresAt"} for any ACME client's EAB`)
+	local := fs.Bool("local", false, "mint from the local token key without asking the server (skips its check that the worker is enabled)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *path == "" {
-		return fmt.Errorf("%w: --config is required", errUsage)
-	}
-	cfg, err := config.Load(*path)
+	cfg, err := af.load()
 	if err != nil {
 		return err
 	}
-	tok, err := server.MintToken(cfg, server.TokenRequest{Provisioner: *prov, Worker: *worker, TTL: *ttl})
-	if err != nil {
-		return err
+	var tok admin.TokenResponse
+	fallback := false
+	if !*local {
+		tok, err = mintRemote(cfg, af, *prov, *worker, *ttl)
+		fallback = errors.Is(err, adminclient.ErrUnreachable)
+		if err != nil && !fallback {
+			return err
+		}
+	}
+	if *local || fallback {
+		t, err := server.MintToken(cfg, server.TokenRequest{Provisioner: *prov, Worker: *worker, TTL: *ttl})
+		if err != nil {
+			return err
+		}
+		tok = admin.TokenResponse{KID: t.KID, HMACKey: t.HMACKeyString(), Token: t.Encode(), ExpiresAt: t.ExpiresAt}
+		if fallback {
+			fmt.Fprintln(stderr, "crank-ca: server not reachable; minted locally")
+		}
 	}
 	if !*asJSON {
-		fmt.Fprintln(stdout, tok.Encode())
+		fmt.Fprintln(stdout, tok.Token)
 		return nil
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(map[string]string{
 		"kid":       tok.KID,
-		"hmacKey":   tok.HMACKeyString(),
-		"token":     tok.Encode(),
+		"hmacKey":   tok.HMACKey,
+		"token":     tok.Token,
 		"expiresAt": tok.ExpiresAt.UTC().Format(time.RFC3339),
 	})
+}
+
+// mintRemote mints a token through the admin API.
+func mintRemote(cfg *config.Config, af *apiFlags, prov, worker string, ttl time.Duration) (admin.TokenResponse, error) {
+	c, err := af.client(cfg)
+	if err != nil {
+		return admin.TokenResponse{}, fmt.Errorf("%w (or mint locally with --local)", err)
+	}
+	defer c.CloseIdleConnections()
+	req := admin.TokenRequest{Provisioner: prov, Worker: worker}
+	if ttl != 0 {
+		req.TTL = ttl.String()
+	}
+	ctx, cancel := commandContext()
+	defer cancel()
+	return c.MintToken(ctx, req)
 }
