@@ -69,7 +69,7 @@ func TestForcedRotation(t *testing.T) {
 		t.Fatalf("rotate: %d %+v", st, res)
 	}
 	rotated := time.Now()
-	deadline := rotated.Add(retryAfter + 5*time.Second) // one Retry-After plus the renewal itself
+	deadline := rotated.Add(retryAfter + 2*time.Second) // one Retry-After plus the renewal itself
 	var lastRotated time.Time
 	for _, ch := range []<-chan struct{}{rotA, rotB} {
 		select {
