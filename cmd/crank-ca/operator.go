@@ -57,6 +57,19 @@ func (f *apiFlags) load() (*config.Config, error) {
 	return config.Load(f.config)
 }
 
+// connect loads the configuration and builds the admin API client.
+func (f *apiFlags) connect() (*config.Config, *adminclient.Client, error) {
+	cfg, err := f.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := f.client(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, c, nil
+}
+
 // client builds the admin API client from the flags and cfg.
 func (f *apiFlags) client(cfg *config.Config) (*adminclient.Client, error) {
 	url := f.server
@@ -173,11 +186,7 @@ func cmdWorkersList(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := af.load()
-	if err != nil {
-		return err
-	}
-	c, err := af.client(cfg)
+	_, c, err := af.connect()
 	if err != nil {
 		return err
 	}
@@ -208,11 +217,7 @@ func cmdAccountsList(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := af.load()
-	if err != nil {
-		return err
-	}
-	c, err := af.client(cfg)
+	_, c, err := af.connect()
 	if err != nil {
 		return err
 	}
@@ -245,11 +250,7 @@ func cmdCertsList(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg, err := af.load()
-	if err != nil {
-		return err
-	}
-	c, err := af.client(cfg)
+	_, c, err := af.connect()
 	if err != nil {
 		return err
 	}
@@ -313,11 +314,7 @@ func cmdRevoke(args []string, stdout, stderr io.Writer) error {
 	if (*serial == "") == (*worker == "") {
 		return fmt.Errorf("%w: revoke needs exactly one of --serial or --worker", errUsage)
 	}
-	cfg, err := af.load()
-	if err != nil {
-		return err
-	}
-	c, err := af.client(cfg)
+	_, c, err := af.connect()
 	if err != nil {
 		return err
 	}
@@ -361,11 +358,7 @@ func cmdRotate(args []string, stdout, stderr io.Writer) error {
 		}
 		req.IssuedBefore = &t
 	}
-	cfg, err := af.load()
-	if err != nil {
-		return err
-	}
-	c, err := af.client(cfg)
+	_, c, err := af.connect()
 	if err != nil {
 		return err
 	}
