@@ -2,10 +2,10 @@
 // certificate authority that the embedded ACME CA signs with, and the
 // certificate the HTTPS listener presents to clients.
 //
-// The package is deliberately small and standard-library only because it
-// sits at the bottom of the trust chain: everything else in crank-ca either
-// serves certificates signed by this material or is reached over a TLS
-// connection authenticated by it.
+// The package is deliberately small (the standard library plus go-spiffe's
+// ID type) because it sits at the bottom of the trust chain: everything else
+// in crank-ca either serves certificates signed by this material or is
+// reached over a TLS connection authenticated by it.
 //
 // Responsibilities:
 //
@@ -18,6 +18,8 @@
 //   - [ServerCerts] issues short-lived certificates for crank-ca's own HTTPS
 //     endpoint from the intermediate and renews them both lazily (from
 //     tls.Config.GetCertificate) and proactively ([ServerCerts.Run]).
+//   - [IssueClientCert] issues operator (admin) client certificates with a
+//     SPIFFE ID, for the admin API.
 //
 // Private keys are written with mode 0600 via an atomic temp-file+rename and
 // are never logged: [CA] implements fmt.Stringer and slog.LogValuer so that

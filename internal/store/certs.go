@@ -12,8 +12,8 @@ import (
 
 var certsTable = []byte("crank_certificates")
 
-// ErrAlreadyReplaced is returned when a certificate was already replaced by
-// another order (RFC 9773 section 5).
+// ErrAlreadyReplaced is returned by an UpdateCert callback when a
+// certificate was already replaced by another order (RFC 9773 section 5).
 var ErrAlreadyReplaced = errors.New("certificate already replaced")
 
 // CertRecord is crank-ca's view of an issued certificate: who it belongs to
@@ -75,18 +75,24 @@ func (s *Store) PutCert(_ context.Context, r CertRecord) error {
 
 // Cert returns the record of a serial, or ErrNotFound.
 func (s *Store) Cert(_ context.Context, serial string) (CertRecord, error) {
+	r, _, err := s.readCert(serial)
+	return r, err
+}
+
+// readCert returns a record and its stored bytes (for compare-and-swap).
+func (s *Store) readCert(serial string) (CertRecord, []byte, error) {
 	b, err := s.db.Get(certsTable, []byte(serial))
 	switch {
 	case database.IsErrNotFound(err):
-		return CertRecord{}, ErrNotFound
+		return CertRecord{}, nil, ErrNotFound
 	case err != nil:
-		return CertRecord{}, fmt.Errorf("store: read certificate %s: %w", serial, err)
+		return CertRecord{}, nil, fmt.Errorf("store: read certificate %s: %w", serial, err)
 	}
 	var r CertRecord
 	if err := json.Unmarshal(b, &r); err != nil {
-		return CertRecord{}, fmt.Errorf("store: decode certificate %s: %w", serial, err)
+		return CertRecord{}, nil, fmt.Errorf("store: decode certificate %s: %w", serial, err)
 	}
-	return r, nil
+	return r, b, nil
 }
 
 // Certs returns the records keep accepts (all when keep is nil).
@@ -116,16 +122,9 @@ func (s *Store) Certs(_ context.Context, keep func(CertRecord) bool) ([]CertReco
 // not lose either change. fn may return an error to abort.
 func (s *Store) UpdateCert(_ context.Context, serial string, fn func(*CertRecord) error) (CertRecord, error) {
 	for range 10 {
-		old, err := s.db.Get(certsTable, []byte(serial))
-		switch {
-		case database.IsErrNotFound(err):
-			return CertRecord{}, ErrNotFound
-		case err != nil:
-			return CertRecord{}, fmt.Errorf("store: read certificate %s: %w", serial, err)
-		}
-		var r CertRecord
-		if err := json.Unmarshal(old, &r); err != nil {
-			return CertRecord{}, fmt.Errorf("store: decode certificate %s: %w", serial, err)
+		r, old, err := s.readCert(serial)
+		if err != nil {
+			return CertRecord{}, err
 		}
 		if err := fn(&r); err != nil {
 			return r, err
@@ -143,16 +142,4 @@ func (s *Store) UpdateCert(_ context.Context, serial string, fn func(*CertRecord
 		}
 	}
 	return CertRecord{}, fmt.Errorf("store: certificate %s kept changing", serial)
-}
-
-// MarkReplaced records that orderID replaces serial; a second replacement
-// fails with ErrAlreadyReplaced.
-func (s *Store) MarkReplaced(ctx context.Context, serial, orderID string) (CertRecord, error) {
-	return s.UpdateCert(ctx, serial, func(r *CertRecord) error {
-		if r.ReplacedBy != "" && r.ReplacedBy != orderID {
-			return ErrAlreadyReplaced
-		}
-		r.ReplacedBy = orderID
-		return nil
-	})
 }
