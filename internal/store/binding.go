@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/smallstep/nosql"
@@ -47,6 +48,12 @@ type Config struct {
 type Store struct {
 	db  nosql.DB
 	now func() time.Time
+	// bindMu serialises Bind within this process. smallstep/nosql's
+	// PostgreSQL compare-and-swap from "absent" is an upsert that two
+	// concurrent callers can both win; serialising makes a token
+	// single-use within one server on every store. Across several
+	// replicas on one PostgreSQL the race remains (see docs/operations.md).
+	bindMu sync.Mutex
 }
 
 // New creates the tables it needs (idempotent) and returns a Store.
@@ -94,6 +101,8 @@ func (s *Store) Bind(_ context.Context, b Binding) error {
 	if err != nil {
 		return fmt.Errorf("store: encode binding: %w", err)
 	}
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
 	if _, swapped, err := s.db.CmpAndSwap(tokenUsesTable, []byte(b.KID), nil, val); err != nil {
 		return fmt.Errorf("store: spend token: %w", err)
 	} else if !swapped {
