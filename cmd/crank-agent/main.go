@@ -23,7 +23,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/crank-platform/crank-ca/internal/agent"
 	"github.com/crank-platform/crank-ca/internal/paths"
@@ -305,7 +304,7 @@ func execute(o *options, stderr io.Writer) (int, error) {
 		if err := agent.WriteFiles(out, id); err != nil {
 			return fmt.Errorf("writing the certificate files to %s: %w", out, err)
 		}
-		logRotation(agentCtx, log, a, id, out)
+		logRotation(log, a, id, out)
 		return nil
 	}
 
@@ -339,31 +338,10 @@ func execute(o *options, stderr io.Writer) (int, error) {
 	return code, nil
 }
 
-// logRotation logs a rotation with the next planned renewal. The agent
-// publishes a new certificate before planning the next renewal, so the plan
-// (always later than the rotation) is waited for briefly, off the
-// rotation's path.
-func logRotation(ctx context.Context, log *slog.Logger, a *agent.Agent, id *agent.Identity, out string) {
-	rotated := time.Now()
-	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		deadline := time.After(5 * time.Second)
-		for {
-			if next := a.NextRenewal(); next.After(rotated) {
-				log.Info("certificate rotated; files written", "serial", id.Serial(), "notAfter", id.NotAfter(), "nextRenewal", next, "out", out)
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-deadline:
-				log.Info("certificate rotated; files written", "serial", id.Serial(), "notAfter", id.NotAfter(), "out", out)
-				return
-			case <-t.C:
-			}
-		}
-	}()
+// logRotation logs a rotation with the next planned renewal (the agent
+// plans it before telling subscribers).
+func logRotation(log *slog.Logger, a *agent.Agent, id *agent.Identity, out string) {
+	log.Info("certificate rotated; files written", "serial", id.Serial(), "notAfter", id.NotAfter(), "nextRenewal", a.NextRenewal(), "out", out)
 }
 
 // childEnv is the child's environment: crank-agent's own without the join

@@ -175,8 +175,14 @@ func (a *Agent) Subscribe() <-chan struct{} {
 	return ch
 }
 
+// publish swaps in a new identity (handshakes use it from now on) and tells
+// subscribers.
 func (a *Agent) publish(id *Identity) {
 	a.cur.Store(id)
+	a.notify()
+}
+
+func (a *Agent) notify() {
 	a.subMu.Lock()
 	defer a.subMu.Unlock()
 	for _, ch := range a.subs {
@@ -273,32 +279,40 @@ func (a *Agent) Run(ctx context.Context) error {
 		return errors.New("agent: Run before a successful Start")
 	}
 	backoff := time.Duration(0)
+	at := a.planNext(ctx)
 	for {
-		var at time.Time
-		if backoff > 0 {
-			at = a.now().Add(backoff)
-		} else {
-			at = a.plan(ctx)
-			a.log.Info("renewal planned", "at", at, "serial", a.Current().Serial(), "notAfter", a.Current().NotAfter())
-		}
-		a.next.Store(&at)
 		if err := sleepUntil(ctx, a.now, at); err != nil {
 			return err
 		}
 		if backoff == 0 && a.pollOnly.Swap(false) {
+			at = a.planNext(ctx)
 			continue
 		}
 		err := a.renew()
 		if err == nil {
 			backoff = 0
+			// Subscribers hear of the rotation once the next renewal is
+			// planned, so NextRenewal is current when they look.
+			at = a.planNext(ctx)
+			a.notify()
 			continue
 		}
 		backoff = a.nextBackoff(backoff)
+		at = a.now().Add(backoff)
+		a.next.Store(&at)
 		cur := a.Current()
 		a.log.Error("renewal failed; still serving the current certificate", "err", err,
 			"serial", cur.Serial(), "notAfter", cur.NotAfter(), "retryIn", backoff.Round(time.Millisecond),
 			"expired", !a.now().Before(cur.NotAfter()))
 	}
+}
+
+// planNext plans, records and logs the next renewal.
+func (a *Agent) planNext(ctx context.Context) time.Time {
+	at := a.plan(ctx)
+	a.next.Store(&at)
+	a.log.Info("renewal planned", "at", at, "serial", a.Current().Serial(), "notAfter", a.Current().NotAfter())
+	return at
 }
 
 // nextBackoff doubles up to RetryMax with ±20% jitter.
@@ -351,7 +365,11 @@ func (a *Agent) RenewNow(_ context.Context) error {
 	if a.Current() == nil {
 		return errors.New("agent: RenewNow before a successful Start")
 	}
-	return a.renew()
+	if err := a.renew(); err != nil {
+		return err
+	}
+	a.notify()
+	return nil
 }
 
 // renew obtains a new certificate for the current one's names.
@@ -367,7 +385,8 @@ func (a *Agent) renew() error {
 	if err != nil {
 		return err
 	}
-	a.publish(id)
+	// Swap in now; the caller notifies subscribers.
+	a.cur.Store(id)
 	return nil
 }
 

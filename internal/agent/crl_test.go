@@ -2,60 +2,33 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"math/big"
 	"net"
 	"net/http"
-	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/crank-platform/crank-ca/internal/testpki"
 )
 
 // crlPKI is a throw-away crank-ca: root → intermediate → worker leaf, plus
 // an impostor CA bearing the intermediate's name but not its key.
 type crlPKI struct {
-	root, inter, impostor          *x509.Certificate
-	rootKey, interKey, impostorKey *ecdsa.PrivateKey
-	id                             *Identity
+	root, inter, impostor *testpki.CA
+	id                    *Identity
 }
 
 func newCRLPKI(t *testing.T) *crlPKI {
 	t.Helper()
-	p := &crlPKI{rootKey: crlKey(t), interKey: crlKey(t), impostorKey: crlKey(t)}
-	caTmpl := func(name string) *x509.Certificate {
-		return &x509.Certificate{
-			SerialNumber:          crlSerial(t),
-			Subject:               pkix.Name{CommonName: name},
-			NotBefore:             time.Now().Add(-time.Hour),
-			NotAfter:              time.Now().Add(24 * time.Hour),
-			IsCA:                  true,
-			BasicConstraintsValid: true,
-			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		}
-	}
-	rootTmpl := caTmpl("test root")
-	p.root = crlCert(t, rootTmpl, rootTmpl, &p.rootKey.PublicKey, p.rootKey)
-	p.inter = crlCert(t, caTmpl("test intermediate"), p.root, &p.interKey.PublicKey, p.rootKey)
-	impTmpl := caTmpl("test intermediate")
-	p.impostor = crlCert(t, impTmpl, impTmpl, &p.impostorKey.PublicKey, p.impostorKey)
-
-	key := crlKey(t)
-	leaf := crlCert(t, &x509.Certificate{
-		SerialNumber: crlSerial(t),
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(time.Hour),
-		URIs:         []*url.URL{{Scheme: "spiffe", Host: "crank.internal", Path: "/worker/w1"}},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}, p.inter, &key.PublicKey, p.interKey)
-	id, err := newIdentity([]*x509.Certificate{leaf, p.inter}, key, []*x509.Certificate{p.root})
+	root := testpki.New(t, "test root")
+	p := &crlPKI{root: root, inter: root.Intermediate(t, "test intermediate"), impostor: testpki.New(t, "test intermediate")}
+	leaf, key := p.inter.Leaf(t, "spiffe://crank.internal/worker/w1")
+	id, err := newIdentity([]*x509.Certificate{leaf, p.inter.Cert}, key, []*x509.Certificate{p.root.Cert})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,12 +39,12 @@ func newCRLPKI(t *testing.T) *crlPKI {
 // crl signs a CRL listing revoked with the named signer's key.
 func (p *crlPKI) crl(t *testing.T, signer string, number int64, revoked ...int64) []byte {
 	t.Helper()
-	issuer, key := p.inter, p.interKey
+	issuer := p.inter
 	switch signer {
 	case "root":
-		issuer, key = p.root, p.rootKey
+		issuer = p.root
 	case "impostor":
-		issuer, key = p.impostor, p.impostorKey
+		issuer = p.impostor
 	}
 	tmpl := &x509.RevocationList{
 		Number:     big.NewInt(number),
@@ -82,7 +55,7 @@ func (p *crlPKI) crl(t *testing.T, signer string, number int64, revoked ...int64
 		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
 			x509.RevocationListEntry{SerialNumber: big.NewInt(s), RevocationTime: time.Now()})
 	}
-	der, err := x509.CreateRevocationList(rand.Reader, tmpl, issuer, key)
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, issuer.Cert, issuer.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,19 +65,15 @@ func (p *crlPKI) crl(t *testing.T, signer string, number int64, revoked ...int64
 // serverCert is a TLS certificate for 127.0.0.1 issued by the named CA.
 func (p *crlPKI) serverCert(t *testing.T, signer string) tls.Certificate {
 	t.Helper()
-	issuer, ikey := p.inter, p.interKey
+	issuer := p.inter
 	if signer == "impostor" {
-		issuer, ikey = p.impostor, p.impostorKey
+		issuer = p.impostor
 	}
-	key := crlKey(t)
-	c := crlCert(t, &x509.Certificate{
-		SerialNumber: crlSerial(t),
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, issuer, &key.PublicKey, ikey)
-	return tls.Certificate{Certificate: [][]byte{c.Raw, issuer.Raw}, PrivateKey: key}
+	c, key := issuer.Issue(t, &x509.Certificate{
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	return tls.Certificate{Certificate: [][]byte{c.Raw, issuer.Cert.Raw}, PrivateKey: key}
 }
 
 // crlServer is a stand-in for the CA's GET /crl whose answer a test swaps.
@@ -118,10 +87,6 @@ func (s *crlServer) serve(b []byte) { s.body.Store(&b) }
 func newCRLServer(t *testing.T, cert tls.Certificate) *crlServer {
 	t.Helper()
 	s := &crlServer{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /crl", func(w http.ResponseWriter, r *http.Request) {
 		b := s.body.Load()
@@ -132,14 +97,7 @@ func newCRLServer(t *testing.T, cert tls.Certificate) *crlServer {
 		w.Header().Set("Content-Type", "application/pkix-crl")
 		_, _ = w.Write(*b)
 	})
-	srv := &http.Server{
-		Handler:           mux,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = srv.Close() })
-	s.url = "https://" + ln.Addr().String()
+	s.url = testpki.Serve(t, mux, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	return s
 }
 
@@ -152,7 +110,7 @@ func newCRLAgent(t *testing.T, p *crlPKI, caURL string, interval time.Duration) 
 		t.Fatal(err)
 	}
 	a.mu.Lock()
-	a.root = p.root
+	a.root = p.root.Cert
 	a.mu.Unlock()
 	a.publish(p.id)
 	return a
@@ -344,35 +302,4 @@ func TestRunCRLBeforeStart(t *testing.T) {
 	if err := a.RunCRL(t.Context()); err == nil {
 		t.Error("RunCRL without an identity succeeded")
 	}
-}
-
-func crlKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func crlSerial(t *testing.T) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func crlCert(t *testing.T, tmpl, parent *x509.Certificate, pub any, priv *ecdsa.PrivateKey) *x509.Certificate {
-	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
