@@ -26,9 +26,10 @@ run: build
 
 # test runs vet, the unit tests with the race detector and the end-to-end
 # tests (certbot and PostgreSQL tests skip when those are not installed;
-# .ci/run installs them).
+# .ci/run installs them), then every benchmark once so they keep working.
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./...
 
 test-short:
 	$(GO) test -short -count=1 ./...

@@ -179,96 +179,111 @@ func defaultWorkerProvisioner(cfg *config.Config) string {
 	return "workers"
 }
 
-func cmdWorkersList(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("workers list", stderr)
-	af := addAPIFlags(fs)
-	asJSON := fs.Bool("json", false, "print the JSON array")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	_, c, err := af.connect()
+// apiCommand is the flag set of an admin API command with the flags every
+// one of them takes: the admin API flags and --json.
+type apiCommand struct {
+	fs     *flag.FlagSet
+	api    *apiFlags
+	asJSON *bool
+}
+
+// newAPICommand starts the flag set of the command name; jsonUsage
+// describes what --json prints.
+func newAPICommand(name, jsonUsage string, stderr io.Writer) *apiCommand {
+	fs := newFlagSet(name, stderr)
+	return &apiCommand{fs: fs, api: addAPIFlags(fs), asJSON: fs.Bool("json", false, jsonUsage)}
+}
+
+// withClient connects to the admin API as the flags say and calls do with
+// a context that Ctrl-C or SIGTERM cancels.
+func (f *apiFlags) withClient(do func(ctx context.Context, cfg *config.Config, c *adminclient.Client) error) error {
+	cfg, c, err := f.connect()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := commandContext()
 	defer cancel()
-	ws, err := c.Workers(ctx)
-	if err != nil {
+	return do(ctx, cfg, c)
+}
+
+// request runs a command that is one admin API request: it sends it with
+// send and prints the answer, indented JSON with --json, else with text.
+func request[T any](cmd *apiCommand, stdout io.Writer, send func(context.Context, *adminclient.Client) (T, error), text func(T) error) error {
+	return cmd.api.withClient(func(ctx context.Context, _ *config.Config, c *adminclient.Client) error {
+		res, err := send(ctx, c)
+		if err != nil {
+			return err
+		}
+		if *cmd.asJSON {
+			return printJSON(stdout, res)
+		}
+		return text(res)
+	})
+}
+
+// list runs a list command: fetch's items as a JSON array with --json,
+// else a table of header and one row per item. row gets the time the list
+// arrived.
+func list[T any](cmd *apiCommand, stdout io.Writer, fetch func(context.Context, *adminclient.Client) ([]T, error), header []string, row func(item T, now time.Time) []string) error {
+	return request(cmd, stdout, fetch, func(items []T) error {
+		now := time.Now()
+		rows := make([][]string, 0, len(items))
+		for _, it := range items {
+			rows = append(rows, row(it, now))
+		}
+		return table(stdout, header, rows)
+	})
+}
+
+func cmdWorkersList(args []string, stdout, stderr io.Writer) error {
+	cmd := newAPICommand("workers list", "print the JSON array", stderr)
+	if err := parse(cmd.fs, args); err != nil {
 		return err
 	}
-	if *asJSON {
-		return printJSON(stdout, ws)
-	}
-	rows := make([][]string, 0, len(ws))
-	for _, w := range ws {
-		status := "enabled"
-		if w.Disabled {
-			status = "disabled"
-		}
-		rows = append(rows, []string{w.Provisioner, w.Name, status, fmt.Sprint(w.Accounts), fmt.Sprint(w.LiveCertificates), ts(w.DisabledAt)})
-	}
-	return table(stdout, []string{"PROVISIONER", "WORKER", "STATUS", "ACCOUNTS", "LIVE CERTS", "DISABLED AT"}, rows)
+	return list(cmd, stdout,
+		func(ctx context.Context, c *adminclient.Client) ([]admin.Worker, error) { return c.Workers(ctx) },
+		[]string{"PROVISIONER", "WORKER", "STATUS", "ACCOUNTS", "LIVE CERTS", "DISABLED AT"},
+		func(w admin.Worker, _ time.Time) []string {
+			status := "enabled"
+			if w.Disabled {
+				status = "disabled"
+			}
+			return []string{w.Provisioner, w.Name, status, fmt.Sprint(w.Accounts), fmt.Sprint(w.LiveCertificates), ts(w.DisabledAt)}
+		})
 }
 
 func cmdAccountsList(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("accounts list", stderr)
-	af := addAPIFlags(fs)
-	asJSON := fs.Bool("json", false, "print the JSON array")
-	if err := parse(fs, args); err != nil {
+	cmd := newAPICommand("accounts list", "print the JSON array", stderr)
+	if err := parse(cmd.fs, args); err != nil {
 		return err
 	}
-	_, c, err := af.connect()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
-	as, err := c.Accounts(ctx)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, as)
-	}
-	rows := make([][]string, 0, len(as))
-	for _, a := range as {
-		usable := "yes"
-		if !a.Usable {
-			usable = "no"
-		}
-		rows = append(rows, []string{a.ID, a.Provisioner, orDash(a.Worker), ts(a.BoundAt), usable})
-	}
-	return table(stdout, []string{"ACCOUNT", "PROVISIONER", "WORKER", "BOUND AT", "USABLE"}, rows)
+	return list(cmd, stdout,
+		func(ctx context.Context, c *adminclient.Client) ([]admin.Account, error) { return c.Accounts(ctx) },
+		[]string{"ACCOUNT", "PROVISIONER", "WORKER", "BOUND AT", "USABLE"},
+		func(a admin.Account, _ time.Time) []string {
+			usable := "yes"
+			if !a.Usable {
+				usable = "no"
+			}
+			return []string{a.ID, a.Provisioner, orDash(a.Worker), ts(a.BoundAt), usable}
+		})
 }
 
 func cmdCertsList(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("certs list", stderr)
-	af := addAPIFlags(fs)
-	worker := fs.String("worker", "", "only certificates of this worker")
-	all := fs.Bool("all", false, "include expired and revoked certificates")
-	asJSON := fs.Bool("json", false, "print the JSON array")
-	if err := parse(fs, args); err != nil {
+	cmd := newAPICommand("certs list", "print the JSON array", stderr)
+	worker := cmd.fs.String("worker", "", "only certificates of this worker")
+	all := cmd.fs.Bool("all", false, "include expired and revoked certificates")
+	if err := parse(cmd.fs, args); err != nil {
 		return err
 	}
-	_, c, err := af.connect()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
-	cs, err := c.Certificates(ctx, admin.CertFilter{Worker: *worker, All: *all})
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, cs)
-	}
-	now := time.Now()
-	rows := make([][]string, 0, len(cs))
-	for _, ct := range cs {
-		rows = append(rows, []string{ct.Serial, ct.Provisioner, orDash(ct.Worker), certNames(ct), ts(ct.NotAfter), certStatus(ct, now)})
-	}
-	return table(stdout, []string{"SERIAL", "PROVISIONER", "WORKER", "NAMES", "NOT AFTER", "STATUS"}, rows)
+	return list(cmd, stdout,
+		func(ctx context.Context, c *adminclient.Client) ([]admin.Certificate, error) {
+			return c.Certificates(ctx, admin.CertFilter{Worker: *worker, All: *all})
+		},
+		[]string{"SERIAL", "PROVISIONER", "WORKER", "NAMES", "NOT AFTER", "STATUS"},
+		func(ct admin.Certificate, now time.Time) []string {
+			return []string{ct.Serial, ct.Provisioner, orDash(ct.Worker), certNames(ct), ts(ct.NotAfter), certStatus(ct, now)}
+		})
 }
 
 // certNames is a certificate's identities for a table cell.
@@ -302,49 +317,38 @@ func certStatus(c admin.Certificate, now time.Time) string {
 }
 
 func cmdRevoke(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("revoke", stderr)
-	af := addAPIFlags(fs)
-	serial := fs.String("serial", "", "serial (decimal, as certs list prints it) of the certificate to revoke")
-	worker := fs.String("worker", "", "revoke every live certificate of this worker")
-	reason := fs.String("reason", "", "RFC 5280 reason name (default unspecified)")
-	asJSON := fs.Bool("json", false, `print {"revoked": [serials]}`)
-	if err := parse(fs, args); err != nil {
+	cmd := newAPICommand("revoke", `print {"revoked": [serials]}`, stderr)
+	serial := cmd.fs.String("serial", "", "serial (decimal, as certs list prints it) of the certificate to revoke")
+	worker := cmd.fs.String("worker", "", "revoke every live certificate of this worker")
+	reason := cmd.fs.String("reason", "", "RFC 5280 reason name (default unspecified)")
+	if err := parse(cmd.fs, args); err != nil {
 		return err
 	}
 	if (*serial == "") == (*worker == "") {
 		return fmt.Errorf("%w: revoke needs exactly one of --serial or --worker", errUsage)
 	}
-	_, c, err := af.connect()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
-	res, err := c.Revoke(ctx, admin.RevokeRequest{Serial: *serial, Worker: *worker, Reason: *reason})
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, res)
-	}
-	if len(res.Revoked) == 0 {
-		fmt.Fprintf(stdout, "nothing revoked: worker %q has no live certificates\n", *worker)
-		return nil
-	}
-	for _, s := range res.Revoked {
-		fmt.Fprintf(stdout, "revoked %s\n", s)
-	}
-	return nil
+	return request(cmd, stdout,
+		func(ctx context.Context, c *adminclient.Client) (admin.RevokeResult, error) {
+			return c.Revoke(ctx, admin.RevokeRequest{Serial: *serial, Worker: *worker, Reason: *reason})
+		},
+		func(res admin.RevokeResult) error {
+			if len(res.Revoked) == 0 {
+				fmt.Fprintf(stdout, "nothing revoked: worker %q has no live certificates\n", *worker)
+				return nil
+			}
+			for _, s := range res.Revoked {
+				fmt.Fprintf(stdout, "revoked %s\n", s)
+			}
+			return nil
+		})
 }
 
 func cmdRotate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("rotate", stderr)
-	af := addAPIFlags(fs)
-	worker := fs.String("worker", "", "force renewal of this worker's live certificates")
-	all := fs.Bool("all", false, "force renewal of every live certificate")
-	before := fs.String("issued-before", "", "only certificates issued before this RFC 3339 time")
-	asJSON := fs.Bool("json", false, `print {"rotated": [serials]}`)
-	if err := parse(fs, args); err != nil {
+	cmd := newAPICommand("rotate", `print {"rotated": [serials]}`, stderr)
+	worker := cmd.fs.String("worker", "", "force renewal of this worker's live certificates")
+	all := cmd.fs.Bool("all", false, "force renewal of every live certificate")
+	before := cmd.fs.String("issued-before", "", "only certificates issued before this RFC 3339 time")
+	if err := parse(cmd.fs, args); err != nil {
 		return err
 	}
 	if (*worker == "") == !*all {
@@ -358,28 +362,21 @@ func cmdRotate(args []string, stdout, stderr io.Writer) error {
 		}
 		req.IssuedBefore = &t
 	}
-	_, c, err := af.connect()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
-	res, err := c.Rotate(ctx, req)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, res)
-	}
-	if len(res.Rotated) == 0 {
-		fmt.Fprintln(stdout, "no live certificate matched; nothing to rotate")
-		return nil
-	}
-	for _, s := range res.Rotated {
-		fmt.Fprintf(stdout, "renewal forced for %s\n", s)
-	}
-	fmt.Fprintln(stdout, "ARI-driven clients renew within one Retry-After of their next check")
-	return nil
+	return request(cmd, stdout,
+		func(ctx context.Context, c *adminclient.Client) (admin.RotateResult, error) {
+			return c.Rotate(ctx, req)
+		},
+		func(res admin.RotateResult) error {
+			if len(res.Rotated) == 0 {
+				fmt.Fprintln(stdout, "no live certificate matched; nothing to rotate")
+				return nil
+			}
+			for _, s := range res.Rotated {
+				fmt.Fprintf(stdout, "renewal forced for %s\n", s)
+			}
+			fmt.Fprintln(stdout, "ARI-driven clients renew within one Retry-After of their next check")
+			return nil
+		})
 }
 
 func cmdWorkerSetDisabled(args []string, disabled bool, stdout, stderr io.Writer) error {
@@ -387,11 +384,9 @@ func cmdWorkerSetDisabled(args []string, disabled bool, stdout, stderr io.Writer
 	if disabled {
 		verb = "disable"
 	}
-	fs := newFlagSet("worker "+verb, stderr)
-	af := addAPIFlags(fs)
-	prov := fs.String("provisioner", "", "worker-attestation provisioner (default: the first one of the configuration)")
-	asJSON := fs.Bool("json", false, "print the worker as JSON")
-	pos, err := parseArgs(fs, args)
+	cmd := newAPICommand("worker "+verb, "print the worker as JSON", stderr)
+	prov := cmd.fs.String("provisioner", "", "worker-attestation provisioner (default: the first one of the configuration)")
+	pos, err := parseArgs(cmd.fs, args)
 	if err != nil {
 		return err
 	}
@@ -399,54 +394,47 @@ func cmdWorkerSetDisabled(args []string, disabled bool, stdout, stderr io.Writer
 		return fmt.Errorf("%w: worker %s needs exactly one worker NAME", errUsage, verb)
 	}
 	name := pos[0]
-	cfg, err := af.load()
-	if err != nil {
-		return err
-	}
-	if *prov == "" {
-		*prov = defaultWorkerProvisioner(cfg)
-	}
-	c, err := af.client(cfg)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
-	// Disabling revokes the worker's live certificates; note which were
-	// live so the result can say which it revoked.
-	var live []admin.Certificate
-	if disabled {
-		if live, err = c.Certificates(ctx, admin.CertFilter{Worker: name}); err != nil {
+	// Several requests: disabling revokes the worker's live certificates,
+	// so note which were live, and which of them the CA then revoked.
+	return cmd.api.withClient(func(ctx context.Context, cfg *config.Config, c *adminclient.Client) error {
+		if *prov == "" {
+			*prov = defaultWorkerProvisioner(cfg)
+		}
+		var live []admin.Certificate
+		if disabled {
+			var err error
+			if live, err = c.Certificates(ctx, admin.CertFilter{Worker: name}); err != nil {
+				return err
+			}
+		}
+		w, err := c.SetWorkerDisabled(ctx, *prov, name, disabled)
+		if err != nil {
 			return err
 		}
-	}
-	w, err := c.SetWorkerDisabled(ctx, *prov, name, disabled)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, w)
-	}
-	if !disabled {
-		fmt.Fprintf(stdout, "enabled worker %s/%s\n", w.Provisioner, w.Name)
-		fmt.Fprintln(stdout, "accounts bound before it was disabled stay unusable: mint a new join token to register it again")
-		return nil
-	}
-	fmt.Fprintf(stdout, "disabled worker %s/%s at %s\n", w.Provisioner, w.Name, ts(w.DisabledAt))
-	if len(live) == 0 {
-		return nil
-	}
-	after, err := c.Certificates(ctx, admin.CertFilter{Worker: name, All: true})
-	if err != nil {
-		return err
-	}
-	for _, ct := range live {
-		i := slices.IndexFunc(after, func(a admin.Certificate) bool { return a.Serial == ct.Serial })
-		if i >= 0 && after[i].Revoked {
-			fmt.Fprintf(stdout, "revoked %s\n", ct.Serial)
+		if *cmd.asJSON {
+			return printJSON(stdout, w)
 		}
-	}
-	return nil
+		if !disabled {
+			fmt.Fprintf(stdout, "enabled worker %s/%s\n", w.Provisioner, w.Name)
+			fmt.Fprintln(stdout, "accounts bound before it was disabled stay unusable: mint a new join token to register it again")
+			return nil
+		}
+		fmt.Fprintf(stdout, "disabled worker %s/%s at %s\n", w.Provisioner, w.Name, ts(w.DisabledAt))
+		if len(live) == 0 {
+			return nil
+		}
+		after, err := c.Certificates(ctx, admin.CertFilter{Worker: name, All: true})
+		if err != nil {
+			return err
+		}
+		for _, ct := range live {
+			i := slices.IndexFunc(after, func(a admin.Certificate) bool { return a.Serial == ct.Serial })
+			if i >= 0 && after[i].Revoked {
+				fmt.Fprintf(stdout, "revoked %s\n", ct.Serial)
+			}
+		}
+		return nil
+	})
 }
 
 // adminNameRE is what `admin cert --name` accepts: a single path segment.

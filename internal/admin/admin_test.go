@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/crank-platform/crank-ca/internal/admin"
 	"github.com/crank-platform/crank-ca/internal/pki"
+	"github.com/crank-platform/crank-ca/internal/testpki"
 )
 
 const (
@@ -211,24 +211,12 @@ func newEnv(t *testing.T, op *fakeOperator) *env {
 	}
 	mux := http.NewServeMux()
 	mux.Handle(admin.Prefix+"/", api.Handler())
-	srv := &http.Server{
-		Handler: mux,
-		TLSConfig: &tls.Config{
-			MinVersion:     tls.VersionTLS12,
-			ClientAuth:     tls.VerifyClientCertIfGiven,
-			ClientCAs:      e.roots,
-			GetCertificate: sc.GetCertificate,
-		},
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          log.New(io.Discard, "", 0), // handshake failures are expected in some tests
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = srv.Close() })
-	e.url = "https://" + ln.Addr().String()
+	e.url = testpki.Serve(t, mux, &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		ClientCAs:      e.roots,
+		GetCertificate: sc.GetCertificate,
+	})
 	return e
 }
 

@@ -6,8 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +21,7 @@ import (
 	"github.com/crank-platform/crank-ca/internal/admin"
 	"github.com/crank-platform/crank-ca/internal/adminclient"
 	"github.com/crank-platform/crank-ca/internal/pki"
+	"github.com/crank-platform/crank-ca/internal/testpki"
 )
 
 const (
@@ -164,24 +163,12 @@ func serve(t *testing.T, ca *pki.CA, op admin.Operator, extra http.Handler) stri
 	if extra != nil {
 		mux.Handle("/", extra)
 	}
-	srv := &http.Server{
-		Handler: mux,
-		TLSConfig: &tls.Config{
-			MinVersion:     tls.VersionTLS12,
-			ClientAuth:     tls.VerifyClientCertIfGiven,
-			ClientCAs:      roots,
-			GetCertificate: sc.GetCertificate,
-		},
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          log.New(io.Discard, "", 0), // refused handshakes are expected
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "https://" + ln.Addr().String()
+	return testpki.Serve(t, mux, &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		ClientCAs:      roots,
+		GetCertificate: sc.GetCertificate,
+	})
 }
 
 // writeClientCert issues a client certificate for id into dir and returns

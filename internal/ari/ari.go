@@ -56,6 +56,10 @@ type Band struct {
 	MinRetryAfter, MaxRetryAfter time.Duration
 }
 
+// DefaultBand is config's default: windows of 5% of the lifetime between
+// 50% and 80%, Retry-After between 5s and 1h.
+var DefaultBand = Band{Start: 0.5, End: 0.8, Width: 0.05, MinRetryAfter: 5 * time.Second, MaxRetryAfter: time.Hour}
+
 // Window is a suggested renewal window and how soon to ask again.
 type Window struct {
 	Start, End time.Time

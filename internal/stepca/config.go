@@ -131,13 +131,17 @@ type Config struct {
 	Audit  *slog.Logger
 	// Now is the clock for token expiry; nil means time.Now.
 	Now func() time.Time
-	// ARI places renewal windows; CRLInterval is how often the CRL is
-	// regenerated (zero: smallstep's default of 24h).
+	// ARI places renewal windows (zero: ari.DefaultBand); CRLInterval is
+	// the validity of each CRL, which is regenerated at 2/3 of it and on
+	// every revocation (zero: smallstep's default of 24h).
 	ARI         ari.Band
 	CRLInterval time.Duration
 }
 
 func (c *Config) validate() error {
+	if c.ARI == (ari.Band{}) {
+		c.ARI = ari.DefaultBand
+	}
 	var errs []error
 	if c.Root == nil || c.Intermediate == nil || c.Signer == nil {
 		errs = append(errs, errors.New("root, intermediate and signer are required"))

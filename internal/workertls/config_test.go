@@ -14,6 +14,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/crank-platform/crank-ca/internal/testpki"
 )
 
 const (
@@ -299,28 +301,18 @@ func TestHTTP(t *testing.T) {
 	server := newSource(ca.issue(t, apiURI))
 	client := newSource(ca.issue(t, dbURI))
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{
-		TLSConfig:         ServerConfig(server, AuthorizeMemberOf(td)),
-		ReadHeaderTimeout: 10 * time.Second,
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			id, err := PeerID(r.TLS)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusForbidden)
-				return
-			}
-			_, _ = io.WriteString(w, id.String())
-		}),
-	}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = srv.Close() })
+	url := testpki.Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := PeerID(r.TLS)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+		_, _ = io.WriteString(w, id.String())
+	}), ServerConfig(server, AuthorizeMemberOf(td)))
 
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ClientConfig(client, AuthorizeID(spiffeid.RequireFromString(apiURI)))}}
 	t.Cleanup(hc.CloseIdleConnections)
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+ln.Addr().String()+"/", nil)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url+"/", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
