@@ -127,8 +127,9 @@ type ARI struct {
 
 // CRL configures the certificate revocation list served at /crl.
 type CRL struct {
-	// Interval is how often the CRL is regenerated (it is also regenerated
-	// on every revocation). Default 1h; at least 1m.
+	// Interval is the validity of each CRL (its nextUpdate); the CRL is
+	// regenerated at 2/3 of it and on every revocation. Default 1h; at
+	// least 1m.
 	Interval Duration `json:"interval"`
 }
 

@@ -435,8 +435,8 @@ func (c *Config) validateOperations(ps *problems) {
 	requirePath(ps, "admin.certFile", c.Admin.CertFile)
 	requirePath(ps, "admin.keyFile", c.Admin.KeyFile)
 	a := c.ARI
-	if a.BandStartPercent < 0 || a.BandEndPercent > 100 || a.BandStartPercent >= a.BandEndPercent {
-		ps.addf("ari", "need 0 <= bandStartPercent < bandEndPercent <= 100, got %d and %d", a.BandStartPercent, a.BandEndPercent)
+	if a.BandStartPercent < 1 || a.BandEndPercent > 100 || a.BandStartPercent >= a.BandEndPercent {
+		ps.addf("ari", "need 1 <= bandStartPercent < bandEndPercent <= 100, got %d and %d", a.BandStartPercent, a.BandEndPercent)
 	}
 	if a.WindowPercent < 1 || a.BandStartPercent+a.WindowPercent > a.BandEndPercent {
 		ps.addf("ari.windowPercent", "must be at least 1 and fit in the band, got %d", a.WindowPercent)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/go-acme/lego/v4/certificate"
+
+	"github.com/crank-platform/crank-ca/internal/admin"
 )
 
 type ariWindow struct {
@@ -125,6 +127,16 @@ func TestARI(t *testing.T) {
 	crl := c.fetchCRL(t)
 	if !crlHas(crl, rleaf.SerialNumber) {
 		t.Errorf("revoked serial %s not in the CRL", rleaf.SerialNumber)
+	}
+	if !strings.Contains(c.logs.String(), `msg="certificate revoked"`) || !strings.Contains(c.logs.String(), "acme revokeCert") {
+		t.Error("the ACME revocation is not in the audit stream")
+	}
+	var live []admin.Certificate
+	c.admin(t, http.MethodGet, "/certificates?worker=api", nil, &live)
+	for _, lc := range live {
+		if lc.Serial == rleaf.SerialNumber.String() {
+			t.Error("a certificate revoked through ACME is still listed as live")
+		}
 	}
 }
 

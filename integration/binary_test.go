@@ -141,7 +141,7 @@ func TestBinary(t *testing.T) {
 	if plain, _, code := runCmd(t, bin, "token", "create", "--config", cfgPath, "--worker", "api"); code != 0 || strings.Count(strings.TrimSpace(plain), "\n") != 0 {
 		t.Errorf("plain token output: code %d %q", code, plain)
 	}
-	if _, errOut, code := runCmd(t, bin, "token", "create", "--config", cfgPath, "--worker", "Not_A_Worker"); code == 0 || !strings.Contains(errOut, "--worker") {
+	if _, errOut, code := runCmd(t, bin, "token", "create", "--config", cfgPath, "--worker", "Not_A_Worker"); code == 0 || !strings.Contains(errOut, "worker: ") {
 		t.Errorf("bad worker: code %d, stderr %q", code, errOut)
 	}
 

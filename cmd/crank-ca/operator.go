@@ -374,7 +374,7 @@ func cmdRotate(args []string, stdout, stderr io.Writer) error {
 			for _, s := range res.Rotated {
 				fmt.Fprintf(stdout, "renewal forced for %s\n", s)
 			}
-			fmt.Fprintln(stdout, "ARI-driven clients renew within one Retry-After of their next check")
+			fmt.Fprintln(stdout, "ARI-driven clients renew within one Retry-After (plus one issuance)")
 			return nil
 		})
 }

@@ -3,6 +3,9 @@ package admin_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -10,8 +13,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -232,6 +237,29 @@ func clientCert(t *testing.T, ca *pki.CA, id string, lifetime time.Duration, now
 		t.Fatalf("X509KeyPair: %v", err)
 	}
 	return &c
+}
+
+// workerShapedCert is a certificate from ca's intermediate with id as its
+// URI SAN and the worker profile's serverAuth+clientAuth usage: what a
+// worker would hold if its SPIFFE ID were configured to equal an admin ID.
+func workerShapedCert(t *testing.T, ca *pki.CA, id string) *tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(id)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), URIs: []*url.URL{u},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Intermediate, key.Public(), ca.IntermediateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der, ca.Intermediate.Raw}, PrivateKey: key}
 }
 
 // client returns an HTTPS client trusting e's root and presenting cert, if
@@ -467,6 +495,14 @@ func TestAuthentication(t *testing.T) {
 			path:       "/workers",
 			wantStatus: http.StatusForbidden, wantType: admin.ProblemForbidden,
 			wantAudit: []string{`"client":"` + workerID + `"`, `"outcome":"denied"`, `"status":403`},
+		},
+		{
+			name: "admin ID on a worker-shaped (serverAuth) certificate",
+			cert: func(t *testing.T, e *env) *tls.Certificate {
+				return workerShapedCert(t, e.ca, adminID)
+			},
+			path:       "/workers",
+			wantStatus: http.StatusForbidden, wantType: admin.ProblemForbidden,
 		},
 		{
 			name: "admin path in another trust domain",

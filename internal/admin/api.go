@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -28,6 +29,21 @@ var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict")
 )
+
+// Errorf returns an error of kind (ErrInvalid, ErrNotFound or ErrConflict)
+// whose message, which API clients see as the problem detail, is the
+// formatted text alone: the kind is already the problem's type and title.
+func Errorf(kind error, format string, args ...any) error {
+	return &kindError{kind: kind, msg: fmt.Sprintf(format, args...)}
+}
+
+type kindError struct {
+	kind error
+	msg  string
+}
+
+func (e *kindError) Error() string        { return e.msg }
+func (e *kindError) Is(target error) bool { return target == e.kind }
 
 // TokenRequest mints a join token (Worker set) or EAB credentials for an
 // ACME provisioner that requires them (Worker empty).

@@ -2,9 +2,11 @@ package admin
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -56,7 +58,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	info.admin = id
 	if err := a.csrf.Check(r); err != nil {
-		a.writeProblem(rec, r, fmt.Errorf("%w: cross-origin browser request refused", errForbidden))
+		a.writeProblem(rec, r, Errorf(errForbidden, "cross-origin browser request refused"))
 		return
 	}
 	a.mux.ServeHTTP(rec, r)
@@ -72,14 +74,20 @@ func (a *API) authenticate(r *http.Request) (spiffeid.ID, error) {
 	}
 	leaf := r.TLS.VerifiedChains[0][0]
 	if len(leaf.URIs) != 1 {
-		return spiffeid.ID{}, fmt.Errorf("%w: the client certificate must carry exactly one URI SAN, an admin SPIFFE ID", errForbidden)
+		return spiffeid.ID{}, Errorf(errForbidden, "the client certificate must carry exactly one URI SAN, an admin SPIFFE ID")
 	}
 	id, err := spiffeid.FromURI(leaf.URIs[0])
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: the client certificate's URI SAN is not a SPIFFE ID", errForbidden)
+		return spiffeid.ID{}, Errorf(errForbidden, "the client certificate's URI SAN is not a SPIFFE ID")
 	}
 	if _, ok := a.admins[id.String()]; !ok {
-		return id, fmt.Errorf("%w: %s is not an admin", errForbidden, id)
+		return id, Errorf(errForbidden, "%s is not an admin", id)
+	}
+	// Operator certificates are client-only. Worker certificates always
+	// carry serverAuth, so even a worker whose SPIFFE ID was configured to
+	// equal an admin ID (a custom spiffeIDTemplate, say) cannot administer.
+	if slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) || slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageAny) {
+		return id, Errorf(errForbidden, "%s presented a server certificate; operator certificates are client-only", id)
 	}
 	return id, nil
 }

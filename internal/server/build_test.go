@@ -54,11 +54,11 @@ func TestMintToken(t *testing.T) {
 		req  TokenRequest
 		want string
 	}{
-		{"no worker", TokenRequest{}, "--worker is required"},
-		{"unknown worker", TokenRequest{Worker: "Bad_Name"}, "--worker"},
-		{"ttl above max", TokenRequest{Worker: "api", TTL: 25 * time.Hour}, "--ttl"},
-		{"negative ttl", TokenRequest{Worker: "api", TTL: -time.Second}, "--ttl"},
-		{"unknown provisioner", TokenRequest{Provisioner: "nope"}, "--provisioner"},
+		{"no worker", TokenRequest{}, "worker: required"},
+		{"unknown worker", TokenRequest{Worker: "Bad_Name"}, "worker: "},
+		{"ttl above max", TokenRequest{Worker: "api", TTL: 25 * time.Hour}, "ttl: "},
+		{"negative ttl", TokenRequest{Worker: "api", TTL: -time.Second}, "ttl: "},
+		{"unknown provisioner", TokenRequest{Provisioner: "nope"}, "provisioner: "},
 		{"acme without EAB", TokenRequest{Provisioner: "adhoc"}, "does not require EAB"},
 	} {
 		if _, err := MintToken(cfg, tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -31,26 +31,26 @@ func (o operator) MintToken(ctx context.Context, req admin.TokenRequest) (admin.
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil {
-			return admin.TokenResponse{}, fmt.Errorf("%w: ttl: %v", admin.ErrInvalid, err)
+			return admin.TokenResponse{}, admin.Errorf(admin.ErrInvalid, "ttl: %v", err)
 		}
 		ttl = d
 	}
 	if req.Worker != "" {
 		p, err := tokenProvisioner(o.s.cfg, req.Provisioner)
 		if err != nil {
-			return admin.TokenResponse{}, fmt.Errorf("%w: %v", admin.ErrInvalid, err)
+			return admin.TokenResponse{}, admin.Errorf(admin.ErrInvalid, "%v", err)
 		}
 		ws, err := o.s.stepca.Store().Worker(ctx, p.Name, req.Worker)
 		if err != nil {
 			return admin.TokenResponse{}, err
 		}
 		if ws.Disabled {
-			return admin.TokenResponse{}, fmt.Errorf("%w: worker %q is disabled; enable it before minting a token", admin.ErrConflict, req.Worker)
+			return admin.TokenResponse{}, admin.Errorf(admin.ErrConflict, "worker %q is disabled; enable it before minting a token", req.Worker)
 		}
 	}
 	tok, err := MintToken(o.s.cfg, TokenRequest{Provisioner: req.Provisioner, Worker: req.Worker, TTL: ttl, Now: o.s.now()})
 	if err != nil {
-		return admin.TokenResponse{}, fmt.Errorf("%w: %v", admin.ErrInvalid, err)
+		return admin.TokenResponse{}, admin.Errorf(admin.ErrInvalid, "%v", err)
 	}
 	return admin.TokenResponse{KID: tok.KID, HMACKey: tok.HMACKeyString(), Token: tok.Encode(), ExpiresAt: tok.ExpiresAt}, nil
 }
@@ -158,12 +158,12 @@ func (o operator) Certificates(ctx context.Context, f admin.CertFilter) ([]admin
 
 func (o operator) Revoke(ctx context.Context, req admin.RevokeRequest) (admin.RevokeResult, error) {
 	if (req.Serial == "") == (req.Worker == "") {
-		return admin.RevokeResult{}, fmt.Errorf("%w: give exactly one of serial or worker", admin.ErrInvalid)
+		return admin.RevokeResult{}, admin.Errorf(admin.ErrInvalid, "give exactly one of serial or worker")
 	}
 	reason := cmp.Or(req.Reason, "unspecified")
 	code, ok := reasonCodes[reason]
 	if !ok {
-		return admin.RevokeResult{}, fmt.Errorf("%w: reason %q is not an RFC 5280 reason name", admin.ErrInvalid, req.Reason)
+		return admin.RevokeResult{}, admin.Errorf(admin.ErrInvalid, "reason %q is not an RFC 5280 reason name", req.Reason)
 	}
 	serials := []string{req.Serial}
 	if req.Worker != "" {
@@ -181,9 +181,9 @@ func (o operator) Revoke(ctx context.Context, req admin.RevokeRequest) (admin.Re
 		err := o.s.stepca.Revoke(ctx, s, code, reason)
 		switch {
 		case errors.Is(err, stepca.ErrUnknownCertificate):
-			return res, fmt.Errorf("%w: %v", admin.ErrNotFound, err)
+			return res, admin.Errorf(admin.ErrNotFound, "%v", err)
 		case errors.Is(err, stepca.ErrAlreadyRevoked) && req.Serial != "":
-			return res, fmt.Errorf("%w: %v", admin.ErrConflict, err)
+			return res, admin.Errorf(admin.ErrConflict, "%v", err)
 		case errors.Is(err, stepca.ErrAlreadyRevoked):
 			continue
 		case err != nil:
@@ -196,7 +196,7 @@ func (o operator) Revoke(ctx context.Context, req admin.RevokeRequest) (admin.Re
 
 func (o operator) Rotate(ctx context.Context, req admin.RotateRequest) (admin.RotateResult, error) {
 	if (req.Worker == "") == !req.All {
-		return admin.RotateResult{}, fmt.Errorf("%w: give exactly one of worker or all", admin.ErrInvalid)
+		return admin.RotateResult{}, admin.Errorf(admin.ErrInvalid, "give exactly one of worker or all")
 	}
 	now := o.s.now().UTC()
 	st := o.s.stepca.Store()
@@ -224,17 +224,16 @@ func (o operator) Rotate(ctx context.Context, req admin.RotateRequest) (admin.Ro
 func (o operator) SetWorkerDisabled(ctx context.Context, prov, worker string, disabled bool) (admin.Worker, error) {
 	p, ok := o.s.cfg.Provisioner(prov)
 	if !ok || p.Type != config.TypeWorkerAttestation {
-		return admin.Worker{}, fmt.Errorf("%w: no worker-attestation provisioner %q", admin.ErrNotFound, prov)
+		return admin.Worker{}, admin.Errorf(admin.ErrNotFound, "no worker-attestation provisioner %q", prov)
 	}
 	ids, err := Identities(o.s.cfg, p)
 	if err != nil {
 		return admin.Worker{}, err
 	}
 	if _, err := ids.Lookup(worker); err != nil {
-		return admin.Worker{}, fmt.Errorf("%w: %v", admin.ErrNotFound, err)
+		return admin.Worker{}, admin.Errorf(admin.ErrNotFound, "%v", err)
 	}
-	ws, err := o.s.stepca.Store().SetWorkerDisabled(ctx, prov, worker, disabled)
-	if err != nil {
+	if _, err := o.s.stepca.Store().SetWorkerDisabled(ctx, prov, worker, disabled); err != nil {
 		return admin.Worker{}, err
 	}
 	if disabled {
@@ -243,5 +242,14 @@ func (o operator) SetWorkerDisabled(ctx context.Context, prov, worker string, di
 			return admin.Worker{}, err
 		}
 	}
-	return admin.Worker{Provisioner: prov, Name: worker, Disabled: ws.Disabled, DisabledAt: ws.DisabledAt}, nil
+	all, err := o.Workers(ctx)
+	if err != nil {
+		return admin.Worker{}, err
+	}
+	for _, w := range all {
+		if w.Provisioner == prov && w.Name == worker {
+			return w, nil
+		}
+	}
+	return admin.Worker{}, fmt.Errorf("worker %s/%s vanished from the listing", prov, worker)
 }

@@ -104,6 +104,7 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 			MinRetryAfter: cfg.ARI.MinRetryAfter.Duration, MaxRetryAfter: cfg.ARI.MaxRetryAfter.Duration,
 		},
 		CRLInterval: cfg.CRL.Interval.Duration,
+		CRLURL:      crlURL(cfg),
 	})
 	if err != nil {
 		return nil, err
@@ -132,6 +133,15 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 	s.admin = api
 	s.handler = s.routes()
 	return s, nil
+}
+
+// crlURL is the address of /crl by the server's first DNS name.
+func crlURL(cfg *config.Config) string {
+	_, port, err := net.SplitHostPort(cfg.Listen)
+	if err != nil || len(cfg.DNSNames) == 0 {
+		return ""
+	}
+	return "https://" + net.JoinHostPort(cfg.DNSNames[0], port) + "/crl"
 }
 
 // serverNames returns the SANs of the server's own certificate: the

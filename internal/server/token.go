@@ -40,7 +40,7 @@ func MintToken(cfg *config.Config, req TokenRequest) (provisioner.Token, error) 
 	switch p.Type {
 	case config.TypeWorkerAttestation:
 		if req.Worker == "" {
-			return provisioner.Token{}, fmt.Errorf("--worker is required for provisioner %q", p.Name)
+			return provisioner.Token{}, fmt.Errorf("worker: required for provisioner %q", p.Name)
 		}
 		ids, err := Identities(cfg, p)
 		if err != nil {
@@ -48,7 +48,7 @@ func MintToken(cfg *config.Config, req TokenRequest) (provisioner.Token, error) 
 		}
 		id, err := ids.Lookup(req.Worker)
 		if err != nil {
-			return provisioner.Token{}, fmt.Errorf("--worker: %w", err)
+			return provisioner.Token{}, fmt.Errorf("worker: %w", err)
 		}
 		dns = id.DNSNames
 		for _, ip := range id.IPs {
@@ -62,7 +62,7 @@ func MintToken(cfg *config.Config, req TokenRequest) (provisioner.Token, error) 
 			return provisioner.Token{}, fmt.Errorf("provisioner %q does not require EAB; ACME clients register without credentials", p.Name)
 		}
 		if req.Worker != "" {
-			return provisioner.Token{}, fmt.Errorf("--worker: provisioner %q is an ordinary ACME provisioner, not a worker provisioner", p.Name)
+			return provisioner.Token{}, fmt.Errorf("worker: provisioner %q is an ordinary ACME provisioner, not a worker provisioner", p.Name)
 		}
 	}
 	ttl := req.TTL
@@ -70,7 +70,7 @@ func MintToken(cfg *config.Config, req TokenRequest) (provisioner.Token, error) 
 		ttl = def
 	}
 	if ttl <= 0 || ttl > max {
-		return provisioner.Token{}, fmt.Errorf("--ttl: %s is outside (0, %s]", ttl, max)
+		return provisioner.Token{}, fmt.Errorf("ttl: %s is outside (0, %s]", ttl, max)
 	}
 	key, err := LoadTokenKey(cfg)
 	if err != nil {
@@ -87,7 +87,7 @@ func tokenProvisioner(cfg *config.Config, name string) (*config.Provisioner, err
 	if name != "" {
 		p, ok := cfg.Provisioner(name)
 		if !ok {
-			return nil, fmt.Errorf("--provisioner: no provisioner named %q", name)
+			return nil, fmt.Errorf("provisioner: no provisioner named %q", name)
 		}
 		return p, nil
 	}
@@ -96,5 +96,5 @@ func tokenProvisioner(cfg *config.Config, name string) (*config.Provisioner, err
 			return &cfg.Provisioners[i], nil
 		}
 	}
-	return nil, errors.New("--provisioner: the configuration has no worker-attestation provisioner")
+	return nil, errors.New("provisioner: the configuration has no worker-attestation provisioner")
 }

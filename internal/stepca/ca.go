@@ -74,7 +74,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		provs = append(provs, stepProvisioner(p))
 	}
 
-	crl := &authconfig.CRLConfig{Enabled: true, GenerateOnRevoke: true}
+	crl := &authconfig.CRLConfig{Enabled: true, GenerateOnRevoke: true, IDPurl: cfg.CRLURL}
 	if cfg.CRLInterval > 0 {
 		crl.CacheDuration = &steppro.Duration{Duration: cfg.CRLInterval}
 	}

@@ -136,6 +136,9 @@ type Config struct {
 	// every revocation (zero: smallstep's default of 24h).
 	ARI         ari.Band
 	CRLInterval time.Duration
+	// CRLURL is where the CRL is served, named in its Issuing
+	// Distribution Point (smallstep would name its own default path).
+	CRLURL string
 }
 
 func (c *Config) validate() error {

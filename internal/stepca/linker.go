@@ -54,6 +54,16 @@ func (l *linker) Middleware(next http.Handler) http.Handler {
 			l.renderWithNonce(w, r.WithContext(ctx), err)
 			return
 		}
+		if strings.HasSuffix(route, "/revoke-cert") {
+			// smallstep revokes without crank-ca's record: after a
+			// successful revocation, record it (ARI window now, audit).
+			sw := &statusRecorder{ResponseWriter: w}
+			next.ServeHTTP(sw, r.WithContext(ctx))
+			if sw.status == http.StatusOK {
+				l.db.recordACMERevocation(ctx, st.body)
+			}
+			return
+		}
 		if strings.HasSuffix(route, "/finalize") {
 			st.orderID = chi.URLParam(r, "ordID")
 			st.csr = peekCSR(st.body)
@@ -128,4 +138,24 @@ func peekCSR(body []byte) *x509.CertificateRequest {
 		return nil
 	}
 	return csr
+}
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
 }

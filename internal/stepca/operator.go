@@ -2,8 +2,12 @@ package stepca
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/smallstep/certificates/authority"
 	steppro "github.com/smallstep/certificates/authority/provisioner"
@@ -65,4 +69,38 @@ func (c *CA) CRL(_ context.Context) ([]byte, error) {
 		return nil, errors.New("crl: none generated yet")
 	}
 	return info.Data, nil
+}
+
+// recordACMERevocation marks crank-ca's record of a certificate that
+// smallstep just revoked through ACME revokeCert (the request verified).
+func (d *acmeDB) recordACMERevocation(ctx context.Context, body []byte) {
+	var req struct {
+		Certificate string `json:"certificate"`
+		Reason      int    `json:"reason"`
+	}
+	if json.Unmarshal(unverifiedPayload(body), &req) != nil {
+		return
+	}
+	der, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(req.Certificate, "="))
+	if err != nil {
+		return
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return
+	}
+	serial := cert.SerialNumber.String()
+	now := d.now().UTC()
+	if _, err := d.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
+		if r.RevokedAt.IsZero() {
+			r.RevokedAt, r.Reason = now, "acme revokeCert"
+		}
+		if r.RenewNow.IsZero() {
+			r.RenewNow = now
+		}
+		return nil
+	}); err != nil && !errors.Is(err, store.ErrNotFound) {
+		d.log.Error("recording an ACME revocation", "serial", serial, "err", err)
+	}
+	d.audit.Warn("certificate revoked", "serial", serial, "reasonCode", req.Reason, "via", "acme revokeCert")
 }
