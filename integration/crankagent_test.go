@@ -288,7 +288,7 @@ func TestCrankAgentDaemon(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), "renewal planned") {
+	for !strings.Contains(logs.String(), "renewal planned") && !strings.Contains(logs.String(), "renewalInfo poll planned") {
 		select {
 		case err := <-exited:
 			t.Fatalf("crank-agent exited: %v\n%s", err, logs.String())

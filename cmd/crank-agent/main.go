@@ -304,7 +304,7 @@ func execute(o *options, stderr io.Writer) (int, error) {
 		if err := agent.WriteFiles(out, id); err != nil {
 			return fmt.Errorf("writing the certificate files to %s: %w", out, err)
 		}
-		logRotation(log, a, id, out)
+		logRotation(log, id, out)
 		return nil
 	}
 
@@ -338,10 +338,9 @@ func execute(o *options, stderr io.Writer) (int, error) {
 	return code, nil
 }
 
-// logRotation logs a rotation with the next planned renewal (the agent
-// plans it before telling subscribers).
-func logRotation(log *slog.Logger, a *agent.Agent, id *agent.Identity, out string) {
-	log.Info("certificate rotated; files written", "serial", id.Serial(), "notAfter", id.NotAfter(), "nextRenewal", a.NextRenewal(), "out", out)
+// logRotation logs a rotation (the agent logs its next planned renewal).
+func logRotation(log *slog.Logger, id *agent.Identity, out string) {
+	log.Info("certificate rotated; files written", "serial", id.Serial(), "notAfter", id.NotAfter(), "out", out)
 }
 
 // childEnv is the child's environment: crank-agent's own without the join
@@ -381,7 +380,7 @@ func explain(err error, stateDir, worker string) error {
 	case errors.Is(err, agent.ErrNoToken):
 		hint = "pass --token, --token-file or $" + envToken
 	case errors.Is(err, agent.ErrAccountRejected):
-		hint = "remove account.json and account.key from " + stateDir + " and start again with a new join token"
+		hint = "restart crank-agent with a new join token (--token); it registers a new account"
 	case errors.Is(err, agent.ErrCAUnreachable):
 		hint = "check --ca-url and the network; a worker with a valid certificate in its state directory starts without the CA"
 	default:

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	legolog "github.com/go-acme/lego/v4/log"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/crank-platform/crank-ca/internal/agent"
@@ -47,6 +48,8 @@ func run(ctx context.Context, args []string, getenv func(string) string) int {
 		h = slog.NewJSONHandler(os.Stderr, nil)
 	}
 	log := slog.New(h)
+	// lego has one global logger; route it through ours (cmd/ only).
+	legolog.Logger = agent.LegoLogger{Log: log}
 	fail := func(code int, err error) int {
 		fmt.Fprintf(os.Stderr, "hello-worker: %v\n", err)
 		return code

@@ -226,6 +226,9 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.log.Info("using certificate from state", "serial", id.Serial(), "notAfter", id.NotAfter(), "spiffeID", id.SPIFFEID.String())
 		return nil
 	}
+	if a.acct == nil && a.cfg.Token == "" {
+		return ErrNoToken
+	}
 	if a.root == nil {
 		if a.cfg.Fingerprint == "" {
 			return errors.New("--fingerprint is required until the state directory holds the CA's root")
@@ -240,7 +243,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.root = root
 		a.log.Info("pinned the CA root", "fingerprint", a.cfg.Fingerprint)
 	}
-	names, ips := a.firstNames()
+	names, ips := a.firstNames(st.identity)
 	id, err := a.obtainLocked(names, ips, nil)
 	if err != nil {
 		return err
@@ -260,16 +263,23 @@ func tokenKID(token string) string {
 	return kid
 }
 
-// firstNames are the names of the first order: those the token carries.
-func (a *Agent) firstNames() ([]string, []string) {
-	if a.cfg.Token == "" {
+// firstNames are the names of the first order at start-up: those the token
+// carries, else those of the (expired) certificate in state, so a worker
+// stopped past its certificate's expiry restarts without a token.
+func (a *Agent) firstNames(expired *Identity) ([]string, []string) {
+	if a.cfg.Token != "" {
+		if c, err := provisioner.ReadClaims(a.cfg.Token); err == nil && len(c.DNSNames)+len(c.IPs) > 0 {
+			return c.DNSNames, c.IPs
+		}
+	}
+	if expired == nil {
 		return nil, nil
 	}
-	c, err := provisioner.ReadClaims(a.cfg.Token)
-	if err != nil {
-		return nil, nil
+	var ips []string
+	for _, ip := range expired.Leaf().IPAddresses {
+		ips = append(ips, ip.String())
 	}
-	return c.DNSNames, c.IPs
+	return expired.Leaf().DNSNames, ips
 }
 
 // Run renews the certificate until ctx is done and returns ctx.Err(). Start
@@ -291,10 +301,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		err := a.renew()
 		if err == nil {
 			backoff = 0
-			// Subscribers hear of the rotation once the next renewal is
-			// planned, so NextRenewal is current when they look.
-			at = a.planNext(ctx)
+			// Subscribers hear at once (files, signals); planning may wait
+			// for the CA's renewalInfo.
 			a.notify()
+			at = a.planNext(ctx)
 			continue
 		}
 		backoff = a.nextBackoff(backoff)
@@ -307,11 +317,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// planNext plans, records and logs the next renewal.
+// planNext plans, records and logs the next renewal (or, when the CA's
+// window is further than its Retry-After, the next renewalInfo poll).
 func (a *Agent) planNext(ctx context.Context) time.Time {
 	at := a.plan(ctx)
 	a.next.Store(&at)
-	a.log.Info("renewal planned", "at", at, "serial", a.Current().Serial(), "notAfter", a.Current().NotAfter())
+	if a.pollOnly.Load() {
+		a.log.Debug("renewalInfo poll planned", "at", at, "serial", a.Current().Serial())
+	} else {
+		a.log.Info("renewal planned", "at", at, "serial", a.Current().Serial(), "notAfter", a.Current().NotAfter())
+	}
 	return at
 }
 
