@@ -40,7 +40,6 @@ func TestForcedRotation(t *testing.T) {
 		go func(from, to *worker.Worker) {
 			defer wg.Done()
 			cl := from.Client(workertls.AuthorizeID(to.Agent().Current().SPIFFEID))
-			cl.Transport.(*http.Transport).DisableKeepAlives = true
 			for {
 				select {
 				case <-stop:

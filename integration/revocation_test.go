@@ -2,6 +2,7 @@ package integration
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/crank-platform/crank-ca/internal/admin"
 	"github.com/crank-platform/crank-ca/internal/agent"
+	"github.com/crank-platform/crank-ca/internal/worker"
 )
 
 // TestRevokedPeerRefused: an operator revokes alpha's certificate; it shows
@@ -45,6 +47,64 @@ func TestRevokedPeerRefused(t *testing.T) {
 	if resp, err := stale.Get(url); err == nil {
 		resp.Body.Close()
 		t.Fatal("beta served a peer presenting a revoked certificate")
+	}
+}
+
+// TestRevokedPeerOnOpenConnection: a kept-alive connection does not outlive
+// a revocation: once beta's CRL lists alpha's certificate, beta refuses
+// alpha's next request on the old connection, and alpha, told by ARI to
+// renew, reconnects with its new certificate.
+func TestRevokedPeerOnOpenConnection(t *testing.T) {
+	t.Parallel()
+	c := newCA(t, nil)
+	c.start()
+	var logs syncBuffer
+	alpha, beta := c.runWorker(t, "alpha", &logs), c.runWorker(t, "beta", &logs)
+	client := alpha.Client(nil)
+	url := "https://" + beta.Addr().String() + "/"
+	get := func() (int, error) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		var g worker.Greeting
+		_ = json.NewDecoder(resp.Body).Decode(&g)
+		return resp.StatusCode, nil
+	}
+	if st, err := get(); err != nil || st != http.StatusOK {
+		t.Fatalf("first call: %d %v", st, err)
+	}
+	old := alpha.Agent().Current()
+	if st := c.admin(t, http.MethodPost, "/revoke", admin.RevokeRequest{Serial: old.Serial()}, nil); st != http.StatusOK {
+		t.Fatalf("revoke: %d", st)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !beta.Agent().Revoked(old.Leaf().SerialNumber); {
+		if time.Now().After(deadline) {
+			t.Fatal("beta never learnt of the revocation")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Until alpha has rotated, every answer over a connection made with the
+	// revoked certificate is a refusal, never a greeting.
+	for deadline := time.Now().Add(30 * time.Second); alpha.Agent().Current() == old; {
+		if st, err := get(); err == nil && st == http.StatusOK && alpha.Agent().Current() == old {
+			t.Fatal("beta greeted a peer whose certificate it knows is revoked")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alpha never renewed after its revocation\n%s", logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		st, err := get()
+		if err == nil && st == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alpha's renewed certificate is not accepted: %d %v", st, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

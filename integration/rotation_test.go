@@ -111,9 +111,9 @@ func TestRotationUnderLoad(t *testing.T) {
 
 	call := func(from, to *worker.Worker, toID spiffeid.ID, l *callLog, stop <-chan struct{}, wg *sync.WaitGroup) {
 		defer wg.Done()
+		// Keep-alive connections: the runtime closes them after a rotation
+		// so that every new certificate shows on the wire.
 		client := from.Client(workertls.AuthorizeID(toID))
-		// A handshake per request, so every rotation shows on the wire.
-		client.Transport.(*http.Transport).DisableKeepAlives = true
 		url := "https://" + to.Addr().String() + "/"
 		for {
 			select {

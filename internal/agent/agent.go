@@ -74,6 +74,9 @@ type Agent struct {
 	next atomic.Pointer[time.Time]
 	// pollOnly marks a planned wake-up that only asks ARI again.
 	pollOnly atomic.Bool
+	// wake cuts the current wait of Run short (our certificate was found
+	// in the CRL).
+	wake chan struct{}
 
 	mu     sync.Mutex // serialises CA interactions and guards the fields below
 	root   *x509.Certificate
@@ -142,7 +145,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now, wake: make(chan struct{}, 1)}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -291,14 +294,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	backoff := time.Duration(0)
 	at := a.planNext(ctx)
 	for {
-		if err := sleepUntil(ctx, a.now, at); err != nil {
+		woken, err := a.sleepUntil(ctx, at)
+		if err != nil {
 			return err
 		}
-		if backoff == 0 && a.pollOnly.Swap(false) {
+		if backoff == 0 && a.pollOnly.Swap(false) && !woken {
 			at = a.planNext(ctx)
 			continue
 		}
-		err := a.renew()
+		err = a.renew()
 		if err == nil {
 			backoff = 0
 			// Subscribers hear at once (files, signals); planning may wait
@@ -359,18 +363,29 @@ func (a *Agent) plan(ctx context.Context) time.Time {
 	return nb.Add(time.Duration(float64(life) * f))
 }
 
-func sleepUntil(ctx context.Context, now func() time.Time, at time.Time) error {
-	d := at.Sub(now())
+// sleepUntil waits until at, or until wakeUp is called (woken is true).
+func (a *Agent) sleepUntil(ctx context.Context, at time.Time) (woken bool, err error) {
+	d := at.Sub(a.now())
 	if d <= 0 {
-		return ctx.Err()
+		return false, ctx.Err()
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
 	case <-t.C:
-		return nil
+		return false, nil
+	case <-a.wake:
+		return true, nil
+	}
+}
+
+// wakeUp makes Run attempt a renewal now.
+func (a *Agent) wakeUp() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
 	}
 }
 

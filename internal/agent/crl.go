@@ -191,6 +191,12 @@ func (a *Agent) refreshCRL(ctx context.Context, client *http.Client) error {
 	} else {
 		a.log.Info("CRL updated", args...)
 	}
+	if a.Revoked(id.Leaf().SerialNumber) {
+		// Our own certificate was revoked: renew now rather than at the
+		// next ARI poll, which may be an hour away.
+		a.log.Warn("our certificate is in the CRL; renewing now", "serial", id.Serial())
+		a.wakeUp()
+	}
 	return nil
 }
 

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -32,6 +34,15 @@ type Worker struct {
 	log   *slog.Logger
 	agent *agent.Agent
 	ln    net.Listener
+
+	// rotatedAt is when the identity last rotated: connections accepted
+	// before it are closed after their next response, so that peers see
+	// the new certificate.
+	rotatedAt atomic.Pointer[time.Time]
+	// transports of the clients handed out, whose idle connections are
+	// dropped on rotation so that peers see our new certificate.
+	mu         sync.Mutex
+	transports []*PeerTransport
 }
 
 // New validates the configuration; no I/O.
@@ -84,13 +95,17 @@ func (w *Worker) Serve(ctx context.Context, h http.Handler) error {
 	}
 	authz = workertls.RefuseRevoked(authz, w.agent)
 	hs := &http.Server{
-		Handler:           h,
+		Handler:           w.recheck(h),
 		TLSConfig:         workertls.ServerConfig(w.agent, authz),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, connStartKey{}, time.Now())
+		},
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	go w.watchRotations(runCtx)
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- w.agent.Run(runCtx) }()
 	crlDone := make(chan error, 1)
@@ -130,14 +145,18 @@ func (w *Worker) Client(authz tlsconfig.Authorizer) *http.Client {
 		authz = workertls.AuthorizeMemberOf(w.agent.Current().SPIFFEID.TrustDomain())
 	}
 	authz = workertls.RefuseRevoked(authz, w.agent)
-	return &http.Client{
-		Timeout: 10 * time.Second,
+	t := &PeerTransport{
 		Transport: &http.Transport{
 			TLSClientConfig:     workertls.ClientConfig(w.agent, authz),
 			IdleConnTimeout:     IdleTimeout,
 			MaxIdleConnsPerHost: 4,
 		},
+		agent: w.agent,
 	}
+	w.mu.Lock()
+	w.transports = append(w.transports, t)
+	w.mu.Unlock()
+	return &http.Client{Timeout: 10 * time.Second, Transport: t}
 }
 
 // IdleTimeout bounds how long a peer connection stays open unused.
