@@ -6,7 +6,7 @@ CA_DIR    ?= .crank-ca
 TAGS      ?= nobadger nomysql
 GOFLAGS_BUILD = -trimpath -tags '$(TAGS)' -ldflags '-s -w'
 
-.PHONY: all build run test test-short vet bench fuzz clean
+.PHONY: all build run test test-short vet lint bench clean
 
 all: build
 
@@ -37,6 +37,11 @@ test-short:
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+# lint runs staticcheck at a pinned version (fetched through the module proxy).
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+lint:
+	$(GO) run $(STATICCHECK) ./...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -290,8 +289,6 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return string(s.b)
 }
-
-var errNoProblem = errors.New("no problem document")
 
 func mkdir(p string) error { return os.MkdirAll(p, 0o700) }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -477,7 +478,8 @@ func TestCANeverPrintsKey(t *testing.T) {
 		"slog JSON": jsonLog.String(),
 		"slog text": textLog.String(),
 	}
-	secrets := []string{key.D.String(), key.D.Text(16), hex.EncodeToString(dBytes), keyB64}
+	d := new(big.Int).SetBytes(dBytes)
+	secrets := []string{d.String(), d.Text(16), hex.EncodeToString(dBytes), keyB64}
 	for name, out := range outputs {
 		for _, s := range secrets {
 			if strings.Contains(out, s) {
