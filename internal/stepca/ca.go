@@ -166,7 +166,7 @@ func stepProvisioner(p *Provisioner) *steppro.ACME {
 // Handler serves the ACME API under /acme/<provisioner>/...
 func (c *CA) Handler() http.Handler { return c.handler }
 
-// Store exposes crank-ca's own records (bindings, spent tokens).
+// Store exposes crank-ca's own records (bindings, spent tokens, certificate records, worker states).
 func (c *CA) Store() *store.Store { return c.store }
 
 // NoSQL returns the shared database (for retention).

@@ -137,9 +137,10 @@ func (w *Worker) Serve(ctx context.Context, h http.Handler) error {
 // worker's current certificate, accepting servers that authz admits (nil:
 // any member of the trust domain) unless the CA has revoked their
 // certificate; revocations are known while Serve runs, which fetches the
-// CRL. Connections are not kept alive past IdleTimeout so that rotated
-// certificates are presented soon; a revocation is enforced on the next
-// handshake, not on connections already open.
+// CRL. Every response is re-checked (PeerTransport), so a kept-alive
+// connection does not outlive the server certificate's expiry or
+// revocation, and idle connections are dropped when our own certificate
+// rotates, so peers see the new one.
 func (w *Worker) Client(authz tlsconfig.Authorizer) *http.Client {
 	if authz == nil {
 		authz = workertls.AuthorizeMemberOf(w.agent.Current().SPIFFEID.TrustDomain())
