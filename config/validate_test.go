@@ -164,6 +164,20 @@ func TestValidate(t *testing.T) {
 			w + `.workers.ips[1]: not an IP address: "10.0.0.300"`,
 			w + `.workers.spiffeIDTemplate: must start with "spiffe://"`,
 		}},
+		{name: "admin, ari and crl", mutate: func(c *Config) {
+			c.Admin.SPIFFEIDs = []string{"https://crank.internal/admin", "spiffe://crank.internal/worker/api", "spiffe://crank.internal/admin/ops"}
+			c.Admin.KeyFile = ""
+			c.ARI = ARI{BandStartPercent: 80, BandEndPercent: 50, WindowPercent: 0, MinRetryAfter: Dur(time.Minute), MaxRetryAfter: Dur(time.Second)}
+			c.CRL.Interval = Dur(time.Second)
+		}, want: []string{
+			`admin.spiffeIDs[0]: must be a SPIFFE ID`,
+			`admin.spiffeIDs[1]: "spiffe://crank.internal/worker/api" is a worker identity`,
+			`admin.keyFile: required`,
+			`ari: need 1 <= bandStartPercent < bandEndPercent <= 100, got 80 and 50`,
+			`ari.windowPercent: must be at least 1`,
+			`ari: need 1s <= minRetryAfter <= maxRetryAfter`,
+			`crl.interval: must be at least 1m0s`,
+		}},
 		{name: "worker pattern empty", mutate: func(c *Config) { c.Provisioners[0].Workers.Pattern = "" },
 			want: []string{w + ".workers.pattern: required"}},
 		{name: "spiffeIDTemplate placeholder", mutate: func(c *Config) { c.Provisioners[0].Workers.SPIFFEIDTemplate = "spiffe://{td}/{worker}" },
