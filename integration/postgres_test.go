@@ -4,17 +4,23 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/go-acme/lego/v4/certificate"
+
 	"github.com/crank-platform/crank-ca/config"
+	"github.com/crank-platform/crank-ca/internal/server"
 )
 
 // postgresBin finds a PostgreSQL server installation.
@@ -141,5 +147,83 @@ func TestPostgreSQL(t *testing.T) {
 	}
 	if st, err := c.srv.Sweep(t.Context()); err != nil || st.Certificates != 0 {
 		t.Errorf("sweep on PostgreSQL: %+v %v", st, err)
+	}
+}
+
+// TestPostgreSQLReplicas runs two serve replicas on one PostgreSQL database:
+// one join token raced through both replicas binds exactly one account, and
+// what one replica issued, the other knows (ARI, orders of the bound
+// account).
+func TestPostgreSQLReplicas(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	dsn := startPostgres(t, "crank_ca_replicas")
+	a := newCA(t, func(cfg *config.Config) {
+		cfg.Storage = config.Storage{Type: config.StoragePostgreSQL, DSN: dsn}
+	})
+	a.start()
+	srv, err := server.New(t.Context(), server.Deps{Config: a.cfg, Logger: slog.New(slog.NewTextHandler(a.logs, nil))})
+	if err != nil {
+		t.Fatalf("second replica: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("second replica: %v", err)
+		}
+	})
+	b := *a
+	b.url = "https://" + ln.Addr().String()
+	replicas := []*ca{a, &b}
+
+	tok := a.token("api")
+	const n = 8
+	var (
+		mu     sync.Mutex
+		wins   []*legoClientUser
+		wg     sync.WaitGroup
+		others int
+	)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := replicas[i%2]
+			cl, u := r.newLego("workers", nil)
+			err := r.register(cl, u, tok)
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				wins = append(wins, &legoClientUser{cl: cl, u: u})
+				return
+			}
+			if pd := problem(t, err); pd.HTTPStatus != http.StatusUnauthorized {
+				others++
+			}
+		}()
+	}
+	wg.Wait()
+	if len(wins) != 1 || others != 0 {
+		t.Fatalf("%d registrations won one token across two replicas (and %d failed otherwise), want exactly 1\n%s", len(wins), others, a.logs)
+	}
+	res, err := obtain(t, a, wins[0].cl.Certificate, "api.workers.crank.internal")
+	if err != nil {
+		t.Fatalf("obtain: %v\n%s", err, a.logs)
+	}
+	leaf := parseChain(t, res.Certificate)[0]
+	certID, _ := certificate.MakeARICertID(leaf)
+	for _, r := range replicas {
+		if status, _, body := r.getARI(t, "workers", certID); status != http.StatusOK {
+			t.Errorf("replica %s: renewalInfo %d %s", r.url, status, body)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package stepca
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 	"github.com/smallstep/certificates/acme"
 	acmeapi "github.com/smallstep/certificates/acme/api"
 	acmenosql "github.com/smallstep/certificates/acme/db/nosql"
@@ -41,6 +43,7 @@ type CA struct {
 	db      *acmeDB
 	store   *store.Store
 	nosql   nosql.DB
+	sql     *sql.DB // PostgreSQL only: atomic token spending across replicas
 	linker  *linker
 	log     *slog.Logger
 	audit   *slog.Logger
@@ -103,14 +106,25 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		_ = auth.Shutdown()
 		return nil, errors.New("stepca: authority database is not a nosql database")
 	}
-	st, err := store.New(store.Config{DB: ndb, Now: now})
+	sqlDB, err := openSQL(cfg.Storage)
 	if err != nil {
 		_ = auth.Shutdown()
+		return nil, err
+	}
+	closeAll := func() {
+		_ = auth.Shutdown()
+		if sqlDB != nil {
+			_ = sqlDB.Close()
+		}
+	}
+	st, err := store.New(store.Config{DB: ndb, SQL: sqlDB, Now: now})
+	if err != nil {
+		closeAll()
 		return nil, fmt.Errorf("stepca: %w", err)
 	}
 	inner, err := acmenosql.New(ndb)
 	if err != nil {
-		_ = auth.Shutdown()
+		closeAll()
 		return nil, fmt.Errorf("stepca: open ACME tables: %w", err)
 	}
 	tokens := &tokenChecker{key: cfg.TokenKey, store: st, now: now, audit: audit}
@@ -123,7 +137,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		db:      adb,
 		log:     logger,
 	}
-	c := &CA{now: now, ari: cfg.ARI, auth: auth, db: adb, store: st, nosql: ndb, linker: lk, log: logger, audit: audit}
+	c := &CA{now: now, ari: cfg.ARI, auth: auth, db: adb, store: st, nosql: ndb, sql: sqlDB, linker: lk, log: logger, audit: audit}
 	c.handler = c.routes()
 	return c, nil
 }
@@ -174,7 +188,25 @@ func (c *CA) NoSQL() nosql.DB { return c.nosql }
 
 // Close shuts the authority down and releases the store.
 func (c *CA) Close() error {
-	return c.auth.Shutdown()
+	err := c.auth.Shutdown()
+	if c.sql != nil {
+		err = errors.Join(err, c.sql.Close())
+	}
+	return err
+}
+
+// openSQL opens a plain SQL connection to a PostgreSQL store (nil for
+// embedded stores); see store.Config.SQL for why.
+func openSQL(st Storage) (*sql.DB, error) {
+	if st.Type != "postgresql" {
+		return nil, nil //nolint:nilnil // no SQL connection for embedded stores
+	}
+	db, err := sql.Open("pgx", st.DataSource)
+	if err != nil {
+		return nil, fmt.Errorf("stepca: open PostgreSQL: %w", err)
+	}
+	db.SetMaxOpenConns(4)
+	return db, nil
 }
 
 func (c *CA) routes() http.Handler {

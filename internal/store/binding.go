@@ -2,12 +2,16 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 )
@@ -40,6 +44,11 @@ type Binding struct {
 type Config struct {
 	// DB is the open nosql database shared with smallstep.
 	DB nosql.DB
+	// SQL, when the store is PostgreSQL, is a connection to the same
+	// database. nosql's compare-and-swap from an absent key is an upsert
+	// there, which two replicas can both win; with SQL, spending a token is
+	// a plain INSERT ... ON CONFLICT DO NOTHING, which exactly one wins.
+	SQL *sql.DB
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -47,12 +56,11 @@ type Config struct {
 // Store reads and writes crank-ca's records.
 type Store struct {
 	db  nosql.DB
+	sql *sql.DB
 	now func() time.Time
-	// bindMu serialises Bind within this process. smallstep/nosql's
-	// PostgreSQL compare-and-swap from "absent" is an upsert that two
-	// concurrent callers can both win; serialising makes a token
-	// single-use within one server on every store. Across several
-	// replicas on one PostgreSQL the race remains (see docs/operations.md).
+	// bindMu serialises spending tokens through nosql (embedded stores,
+	// or PostgreSQL without SQL), which makes a token single-use within one
+	// process whatever nosql's compare-and-swap does.
 	bindMu sync.Mutex
 }
 
@@ -70,12 +78,19 @@ func New(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("store: create table %s: %w", t, err)
 		}
 	}
-	return &Store{db: cfg.DB, now: now}, nil
+	return &Store{db: cfg.DB, sql: cfg.SQL, now: now}, nil
+}
+
+// tokenUseKey is the key of a spent token: a digest, because kids carry
+// name hints and can exceed PostgreSQL's 255-byte key limit in nosql tables.
+func tokenUseKey(kid string) []byte {
+	sum := sha256.Sum256([]byte(kid))
+	return []byte("sha256:" + hex.EncodeToString(sum[:]))
 }
 
 // TokenUsed reports whether a token id has been spent.
 func (s *Store) TokenUsed(_ context.Context, kid string) (bool, error) {
-	_, err := s.db.Get(tokenUsesTable, []byte(kid))
+	_, err := s.db.Get(tokenUsesTable, tokenUseKey(kid))
 	switch {
 	case err == nil:
 		return true, nil
@@ -90,7 +105,7 @@ func (s *Store) TokenUsed(_ context.Context, kid string) (bool, error) {
 // is an atomic compare-and-swap from "absent", so of two concurrent binds of
 // one token exactly one wins; the loser gets ErrTokenUsed and nothing is
 // written for it.
-func (s *Store) Bind(_ context.Context, b Binding) error {
+func (s *Store) Bind(ctx context.Context, b Binding) error {
 	if b.AccountID == "" || b.KID == "" {
 		return errors.New("store: binding needs an account and a token id")
 	}
@@ -101,16 +116,37 @@ func (s *Store) Bind(_ context.Context, b Binding) error {
 	if err != nil {
 		return fmt.Errorf("store: encode binding: %w", err)
 	}
-	s.bindMu.Lock()
-	defer s.bindMu.Unlock()
-	if _, swapped, err := s.db.CmpAndSwap(tokenUsesTable, []byte(b.KID), nil, val); err != nil {
-		return fmt.Errorf("store: spend token: %w", err)
-	} else if !swapped {
-		return ErrTokenUsed
+	if err := s.spend(ctx, tokenUseKey(b.KID), val); err != nil {
+		return err
 	}
 	if err := s.db.Set(bindingTable, []byte(b.AccountID), val); err != nil {
 		// The token is spent but the account stays unbound: fail closed.
 		return fmt.Errorf("store: write binding: %w", err)
+	}
+	return nil
+}
+
+// spend records a token as used if it is not yet: ErrTokenUsed otherwise.
+func (s *Store) spend(ctx context.Context, key, val []byte) error {
+	if s.sql != nil {
+		res, err := s.sql.ExecContext(ctx,
+			"INSERT INTO "+pgx.Identifier{string(tokenUsesTable)}.Sanitize()+" (nkey, nvalue) VALUES ($1, $2) ON CONFLICT (nkey) DO NOTHING", key, val)
+		if err != nil {
+			return fmt.Errorf("store: spend token: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return fmt.Errorf("store: spend token: %w", err)
+		} else if n == 0 {
+			return ErrTokenUsed
+		}
+		return nil
+	}
+	s.bindMu.Lock()
+	defer s.bindMu.Unlock()
+	if _, swapped, err := s.db.CmpAndSwap(tokenUsesTable, key, nil, val); err != nil {
+		return fmt.Errorf("store: spend token: %w", err)
+	} else if !swapped {
+		return ErrTokenUsed
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -96,5 +97,15 @@ func TestBindConcurrent(t *testing.T) {
 	wg.Wait()
 	if wins != 1 {
 		t.Fatalf("%d binds won, want 1", wins)
+	}
+}
+
+// TestTokenUseKeyFitsPostgreSQL: kids carry name hints and may be long;
+// nosql's PostgreSQL tables take keys of at most 255 bytes.
+func TestTokenUseKeyFitsPostgreSQL(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("k", 1024)
+	if k := tokenUseKey(long); len(k) > 255 || string(k) == string(tokenUseKey(long+"x")) {
+		t.Errorf("tokenUseKey: %d bytes or not distinct", len(k))
 	}
 }
