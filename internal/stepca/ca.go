@@ -3,8 +3,8 @@ package stepca
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"crypto/x509"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
