@@ -215,6 +215,38 @@ func TestPostgreSQLReplicas(t *testing.T) {
 	if len(wins) != 1 || others != 0 {
 		t.Fatalf("%d registrations won one token across two replicas (and %d failed otherwise), want exactly 1\n%s", len(wins), others, a.logs)
 	}
+	// One nonce, spent at both replicas at once: exactly one is accepted.
+	rcA, rcB := newRawClient(t, a), newRawClient(t, &b)
+	acc := rcA.rawRegister("adhoc", nil)
+	doubles := 0
+	for range 20 {
+		nonce := rcA.rawNonce("adhoc")
+		var statuses [2]int
+		var rwg sync.WaitGroup
+		for i, rc := range []*rawClient{rcA, rcB} {
+			rwg.Add(1)
+			go func() {
+				defer rwg.Done()
+				u := rc.rawDir("adhoc").NewOrder
+				// smallstep stores the account's location as first seen:
+				// the kid stays replica A's URL on both replicas.
+				h := map[string]any{"alg": "ES256", "nonce": nonce, "url": u, "kid": acc.url}
+				payload := rawMarshal(t, map[string]any{"identifiers": []map[string]string{{"type": "dns", "value": "localhost"}}})
+				statuses[i] = rc.rawPost(u, rawMarshal(t, rawSign(t, h, payload, acc.key))).status
+			}()
+		}
+		rwg.Wait()
+		if statuses[0] == http.StatusCreated && statuses[1] == http.StatusCreated {
+			doubles++
+		}
+		if statuses[0] != http.StatusCreated && statuses[1] != http.StatusCreated {
+			t.Fatalf("neither replica accepted a fresh nonce: %v\n%s", statuses, a.logs)
+		}
+	}
+	if doubles > 0 {
+		t.Errorf("a nonce was accepted by both replicas in %d of 20 rounds", doubles)
+	}
+
 	res, err := obtain(t, a, wins[0].cl.Certificate, "api.workers.crank.internal")
 	if err != nil {
 		t.Fatalf("obtain: %v\n%s", err, a.logs)

@@ -31,6 +31,22 @@ type acmeDB struct {
 	now    func() time.Time
 }
 
+// DeleteNonce consumes a nonce. On PostgreSQL it is one atomic DELETE, so a
+// nonce is single-use across replicas and concurrent requests (RFC 8555
+// section 6.5); embedded stores keep smallstep's transaction.
+func (d *acmeDB) DeleteNonce(ctx context.Context, nonce acme.Nonce) error {
+	ok, handled, err := d.store.ConsumeNonce(ctx, string(nonce))
+	switch {
+	case !handled:
+		return d.DB.DeleteNonce(ctx, nonce)
+	case err != nil:
+		return acme.WrapErrorISE(err, "error consuming nonce")
+	case !ok:
+		return acme.NewError(acme.ErrorBadNonceType, "nonce %s not found", string(nonce))
+	}
+	return nil
+}
+
 // GetExternalAccountKey answers smallstep's EAB lookup with a key derived
 // from the stateless token instead of a stored one.
 func (d *acmeDB) GetExternalAccountKey(ctx context.Context, provID, kid string) (*acme.ExternalAccountKey, error) {

@@ -166,3 +166,23 @@ func (s *Store) Binding(_ context.Context, accountID string) (Binding, error) {
 	}
 	return b, nil
 }
+
+// ConsumeNonce deletes an ACME nonce with one atomic statement when the
+// store is PostgreSQL: smallstep's read-then-delete lets two replicas (or
+// two requests) accept the same nonce. ok is false for an unknown or spent
+// nonce; handled is false when the store has no SQL connection and the
+// caller must use smallstep's own path.
+func (s *Store) ConsumeNonce(ctx context.Context, nonce string) (ok, handled bool, err error) {
+	if s.sql == nil {
+		return false, false, nil
+	}
+	res, err := s.sql.ExecContext(ctx, "DELETE FROM "+pgx.Identifier{string(nonceTable)}.Sanitize()+" WHERE nkey = $1", []byte(nonce))
+	if err != nil {
+		return false, true, fmt.Errorf("store: consume nonce: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, true, fmt.Errorf("store: consume nonce: %w", err)
+	}
+	return n == 1, true, nil
+}
