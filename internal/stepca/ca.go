@@ -128,7 +128,8 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		return nil, fmt.Errorf("stepca: open ACME tables: %w", err)
 	}
 	tokens := &tokenChecker{key: cfg.TokenKey, store: st, now: now, audit: audit}
-	adb := &acmeDB{DB: inner, specs: specsByID(specs), store: st, tokens: tokens, log: logger, audit: audit, now: now}
+	adb := &acmeDB{DB: inner, specs: specsByID(specs), store: st, tokens: tokens, log: logger, audit: audit, now: now,
+		isRevoked: func(serial string) bool { r, _ := auth.IsRevoked(serial); return r }}
 	lk := &linker{
 		Linker:  acme.NewLinker("", "acme"),
 		specs:   specs,

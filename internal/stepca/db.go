@@ -29,6 +29,8 @@ type acmeDB struct {
 	log    *slog.Logger
 	audit  *slog.Logger
 	now    func() time.Time
+	// isRevoked asks the authority (revocations it made itself).
+	isRevoked func(serial string) bool
 }
 
 // DeleteNonce consumes a nonce. On PostgreSQL it is one atomic DELETE, so a

@@ -55,13 +55,10 @@ func (l *linker) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		if strings.HasSuffix(route, "/revoke-cert") {
-			// smallstep revokes without crank-ca's record: after a
-			// successful revocation, record it (ARI window now, audit).
-			sw := &statusRecorder{ResponseWriter: w}
-			next.ServeHTTP(sw, r.WithContext(ctx))
-			if sw.status == http.StatusOK {
-				l.db.recordACMERevocation(ctx, st.body)
-			}
+			// smallstep revokes without crank-ca's record: once it has,
+			// record it too (ARI window now, audit).
+			next.ServeHTTP(w, r.WithContext(ctx))
+			l.db.recordACMERevocation(ctx, st.body)
 			return
 		}
 		if strings.HasSuffix(route, "/finalize") {
@@ -138,24 +135,4 @@ func peekCSR(body []byte) *x509.CertificateRequest {
 		return nil
 	}
 	return csr
-}
-
-// statusRecorder remembers the status a handler wrote.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	if s.status == 0 {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusRecorder) Write(b []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
 }

@@ -71,8 +71,9 @@ func (c *CA) CRL(_ context.Context) ([]byte, error) {
 	return info.Data, nil
 }
 
-// recordACMERevocation marks crank-ca's record of a certificate that
-// smallstep just revoked through ACME revokeCert (the request verified).
+// recordACMERevocation marks crank-ca's record of a certificate named by an
+// ACME revokeCert request, if smallstep has it as revoked now (a refused
+// request changes nothing).
 func (d *acmeDB) recordACMERevocation(ctx context.Context, body []byte) {
 	var req struct {
 		Certificate string `json:"certificate"`
@@ -90,8 +91,13 @@ func (d *acmeDB) recordACMERevocation(ctx context.Context, body []byte) {
 		return
 	}
 	serial := cert.SerialNumber.String()
+	if !d.isRevoked(serial) {
+		return
+	}
+	recorded := false
 	now := d.now().UTC()
 	if _, err := d.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
+		recorded = r.RevokedAt.IsZero()
 		if r.RevokedAt.IsZero() {
 			r.RevokedAt, r.Reason = now, "acme revokeCert"
 		}
@@ -102,5 +108,7 @@ func (d *acmeDB) recordACMERevocation(ctx context.Context, body []byte) {
 	}); err != nil && !errors.Is(err, store.ErrNotFound) {
 		d.log.Error("recording an ACME revocation", "serial", serial, "err", err)
 	}
-	d.audit.Warn("certificate revoked", "serial", serial, "reasonCode", req.Reason, "via", "acme revokeCert")
+	if recorded {
+		d.audit.Warn("certificate revoked", "serial", serial, "reasonCode", req.Reason, "via", "acme revokeCert")
+	}
 }
