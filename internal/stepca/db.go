@@ -56,9 +56,14 @@ func (d *acmeDB) GetExternalAccountKey(ctx context.Context, provID, kid string) 
 	if spec == nil || !spec.usesTokens() {
 		return d.DB.GetExternalAccountKey(ctx, provID, kid)
 	}
-	info, err := d.tokens.check(ctx, spec, kid)
-	if err != nil {
-		return nil, err
+	var info tokenInfo
+	if t := stateFrom(ctx).token; t != nil && t.kid == kid {
+		info = *t // checked by the precheck of this very request
+	} else {
+		var err error
+		if info, err = d.tokens.check(ctx, spec, kid); err != nil {
+			return nil, err
+		}
 	}
 	return &acme.ExternalAccountKey{
 		ID:            kid,
@@ -77,9 +82,12 @@ func (d *acmeDB) UpdateExternalAccountKey(ctx context.Context, provID string, ea
 		return d.DB.UpdateExternalAccountKey(ctx, provID, eak)
 	}
 	b := store.Binding{AccountID: eak.AccountID, Provisioner: spec.Name, Worker: eak.Reference, KID: eak.ID, BoundAt: eak.BoundAt}
-	// The kid verified moments ago in GetExternalAccountKey; read its expiry
-	// as of the epoch so that a token expiring right now still records one.
-	if claims, _, err := d.tokens.key.Verify(eak.ID, time.Unix(0, 0)); err == nil {
+	// The kid was verified moments ago in this request; without the
+	// precheck's record, read its expiry as of the epoch so that a token
+	// expiring right now still records one.
+	if t := stateFrom(ctx).token; t != nil && t.kid == eak.ID {
+		b.TokenExpiresAt = t.claims.ExpiresAt
+	} else if claims, _, err := d.tokens.key.Verify(eak.ID, time.Unix(0, 0)); err == nil {
 		b.TokenExpiresAt = claims.ExpiresAt
 	}
 	switch err := d.store.Bind(ctx, b); {

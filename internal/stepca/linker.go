@@ -112,6 +112,8 @@ func (l *linker) precheckEAB(ctx context.Context, spec *Provisioner, eabJSON jso
 	if _, err := eab.Verify(info.hmacKey); err != nil {
 		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "the external account binding is not signed with the token's HMAC key")
 	}
+	info.kid = kid
+	stateFrom(ctx).token = &info
 	return nil
 }
 

@@ -17,6 +17,11 @@ type state struct {
 	spec *Provisioner
 	// body is the request body, read once by the outer handler.
 	body []byte
+	// token is the outcome of the new-account EAB precheck, so that
+	// smallstep's own EAB lookup in the same request does not verify the
+	// token and read the store a second time. The atomic spend at binding
+	// still decides single use.
+	token *tokenInfo
 	// Set by GetExternalAccountKeyByAccountID during new-order.
 	binding  *store.Binding
 	identity *provisioner.Identity

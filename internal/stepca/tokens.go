@@ -24,6 +24,7 @@ type tokenChecker struct {
 }
 
 type tokenInfo struct {
+	kid      string
 	claims   provisioner.TokenClaims
 	hmacKey  []byte
 	identity *provisioner.Identity // workers only
