@@ -48,7 +48,7 @@ func (o operator) MintToken(ctx context.Context, req admin.TokenRequest) (admin.
 			return admin.TokenResponse{}, admin.Errorf(admin.ErrConflict, "worker %q is disabled; enable it before minting a token", req.Worker)
 		}
 	}
-	tok, err := MintToken(o.s.cfg, TokenRequest{Provisioner: req.Provisioner, Worker: req.Worker, TTL: ttl, Now: o.s.now()})
+	tok, err := mintToken(o.s.cfg, o.s.tokenKey, TokenRequest{Provisioner: req.Provisioner, Worker: req.Worker, TTL: ttl, Now: o.s.now()})
 	if err != nil {
 		return admin.TokenResponse{}, admin.Errorf(admin.ErrInvalid, "%v", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/crank-platform/crank-ca/internal/pki"
 	"github.com/crank-platform/crank-ca/internal/stepca"
 	"github.com/crank-platform/crank-ca/internal/store"
+	"github.com/crank-platform/crank-ca/provisioner"
 )
 
 // shutdownGrace bounds how long in-flight requests may finish after a signal.
@@ -50,6 +51,7 @@ type Server struct {
 	handler  http.Handler
 	retainer *store.Retainer
 	admin    *admin.API
+	tokenKey *provisioner.TokenKey
 }
 
 // New loads the key material, opens the store and builds the authority. On
@@ -109,7 +111,7 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, now: now, ca: ca, stepca: sca, certs: certs}
+	s := &Server{cfg: cfg, log: log, now: now, ca: ca, stepca: sca, certs: certs, tokenKey: key}
 	s.retainer = store.NewRetainer(store.RetainerConfig{
 		DB:     sca.NoSQL(),
 		Keep:   cfg.Retention.ExpiredCertificates.Duration,

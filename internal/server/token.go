@@ -27,10 +27,19 @@ type TokenRequest struct {
 	Now time.Time
 }
 
-// MintToken mints a token from the configuration and the token key alone: it
-// needs no store, so it works while `serve` holds the embedded store's lock.
-// Single use is enforced by the server when the token binds.
+// MintToken mints a token from the configuration and the token key file
+// alone: it needs no store, so it works while `serve` holds the embedded
+// store's lock. Single use is enforced by the server when the token binds.
 func MintToken(cfg *config.Config, req TokenRequest) (provisioner.Token, error) {
+	key, err := LoadTokenKey(cfg)
+	if err != nil {
+		return provisioner.Token{}, err
+	}
+	return mintToken(cfg, key, req)
+}
+
+// mintToken mints with a key already loaded (the running server's).
+func mintToken(cfg *config.Config, key *provisioner.TokenKey, req TokenRequest) (provisioner.Token, error) {
 	p, err := tokenProvisioner(cfg, req.Provisioner)
 	if err != nil {
 		return provisioner.Token{}, err
@@ -71,10 +80,6 @@ func MintToken(cfg *config.Config, req TokenRequest) (provisioner.Token, error) 
 	}
 	if ttl <= 0 || ttl > max {
 		return provisioner.Token{}, fmt.Errorf("ttl: %s is outside (0, %s]", ttl, max)
-	}
-	key, err := LoadTokenKey(cfg)
-	if err != nil {
-		return provisioner.Token{}, err
 	}
 	now := req.Now
 	if now.IsZero() {

@@ -136,7 +136,6 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		clients: validationClients(cfg.Provisioners),
 		tokens:  tokens,
 		db:      adb,
-		log:     logger,
 	}
 	c := &CA{now: now, ari: cfg.ARI, auth: auth, db: adb, store: st, nosql: ndb, sql: sqlDB, linker: lk, log: logger, audit: audit}
 	c.handler = c.routes()

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"strings"
 
@@ -27,7 +26,6 @@ type linker struct {
 	clients map[string]acme.Client  // by name
 	tokens  *tokenChecker
 	db      *acmeDB
-	log     *slog.Logger
 }
 
 func (l *linker) Middleware(next http.Handler) http.Handler {
