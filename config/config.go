@@ -89,6 +89,10 @@ type Retention struct {
 	// ExpiredCertificates is how long data of expired certificates and
 	// orders is kept after expiry, for audit and debugging. Default 24h.
 	ExpiredCertificates Duration `json:"expiredCertificates"`
+	// UnusedAccounts is how long an ACME account that never ordered (or,
+	// on a provisioner with join tokens or EAB, never bound) is kept
+	// before it is removed. Default 24h; at least 1m.
+	UnusedAccounts Duration `json:"unusedAccounts"`
 	// Interval is how often the cleanup runs. Default 1h; at least 1m so
 	// cleanup cannot hammer the database.
 	Interval Duration `json:"interval"`
@@ -169,6 +173,10 @@ type Provisioner struct {
 	// JoinTokens defaults to 1h/24h when absent.
 	JoinTokens *JoinTokens `json:"joinTokens,omitempty"`
 
+	// Both types. Limits bound what one client can make the CA do; every
+	// field has a default (see Limits), also when the object is absent.
+	Limits *Limits `json:"limits,omitempty"`
+
 	// ACME only.
 
 	// Challenges is a subset of http-01, tls-alpn-01, dns-01 without
@@ -183,6 +191,40 @@ type Provisioner struct {
 	Policy *NamePolicy `json:"policy,omitempty"`
 	// ValidationPorts is for development and tests only.
 	ValidationPorts *ValidationPorts `json:"validationPorts,omitempty"`
+	// Egress widens where the CA may connect when it validates http-01
+	// and tls-alpn-01 challenges (see Egress).
+	Egress *Egress `json:"egress,omitempty"`
+}
+
+// Limits bound the work one client can cause (RFC 8555 section 6.6:
+// refusals are rateLimited problems with Retry-After). Rates are counted per
+// client address (IPv4 address or IPv6 /64) and per provisioner, in the
+// memory of each replica.
+type Limits struct {
+	// MaxIdentifiersPerOrder bounds the identifiers of one new-order.
+	// Default 100.
+	MaxIdentifiersPerOrder int `json:"maxIdentifiersPerOrder"`
+	// MaxPendingOrdersPerAccount bounds the orders of one account that are
+	// neither finalized nor expired. Default 100.
+	MaxPendingOrdersPerAccount int `json:"maxPendingOrdersPerAccount"`
+	// NewAccountsPerMinute and NewOrdersPerMinute are per client address;
+	// each is also the burst. Defaults 60 and 600.
+	NewAccountsPerMinute int `json:"newAccountsPerMinute"`
+	NewOrdersPerMinute   int `json:"newOrdersPerMinute"`
+}
+
+// Egress is the validation egress policy of an ACME provisioner. The CA
+// never connects to loopback, link-local (169.254.0.0/16 incl. cloud
+// metadata, fe80::/10), private (10/8, 172.16/12, 192.168/16, 100.64/10),
+// unique-local (fc00::/7), unspecified or multicast addresses, nor to its
+// own listen address, unless a range here or in policy.allowedIPRanges
+// contains the address. Redirects are followed only to http/https on the
+// validation ports, at most 3.
+type Egress struct {
+	// AllowedIPRanges are CIDRs the CA may dial although they are in the
+	// deny list, e.g. "10.0.0.0/8" for an internal network whose hosts
+	// answer http-01.
+	AllowedIPRanges []string `json:"allowedIPRanges,omitempty"`
 }
 
 // WorkerPattern admits a family of workers by name and derives their
@@ -224,6 +266,11 @@ type NamePolicy struct {
 	// AllowAnyDNS allows every DNS name; it cannot be combined with
 	// AllowedDNSSuffixes, which would then be meaningless.
 	AllowAnyDNS bool `json:"allowAnyDNS,omitempty"`
+	// DeniedDNSSuffixes take precedence over the allowed ones, with the
+	// same matching. A policy must deny every name a worker-attestation
+	// provisioner can issue (its DNS templates and identities) that it
+	// would otherwise allow; validation says which suffix to add.
+	DeniedDNSSuffixes []string `json:"deniedDNSSuffixes,omitempty"`
 	// AllowedIPRanges are CIDRs in canonical form (no host bits set).
 	AllowedIPRanges []string `json:"allowedIPRanges,omitempty"`
 }

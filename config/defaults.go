@@ -35,6 +35,12 @@ const (
 	DefaultRetentionInterval   = time.Hour
 	DefaultJoinTokenDefaultTTL = time.Hour
 	DefaultJoinTokenMaxTTL     = 24 * time.Hour
+	DefaultRetentionUnused     = 24 * time.Hour
+
+	DefaultMaxIdentifiersPerOrder     = 100
+	DefaultMaxPendingOrdersPerAccount = 100
+	DefaultNewAccountsPerMinute       = 60
+	DefaultNewOrdersPerMinute         = 600
 )
 
 // DefaultClaims returns the claims defaults for a provisioner type, and
@@ -73,7 +79,10 @@ func AllChallenges() []string {
 // "pki/root.crt", intermediateCert "pki/intermediate.crt", intermediateKey
 // "pki/intermediate.key", serverCertLifetime 24h; storage: type "bbolt",
 // bbolt path "db/crank-ca.db"; retention:
-// expiredCertificates 24h, interval 1h; log: level "info", format "text".
+// expiredCertificates 24h, interval 1h, unusedAccounts 24h; log: level
+// "info", format "text". Provisioners of both types get limits 100
+// identifiers per order, 100 pending orders per account, 60 new accounts
+// and 600 new orders per minute per client address.
 //
 // Provisioners: claims per DefaultClaims; worker-attestation: joinTokens
 // 1h/24h (also when absent), workers.spiffeIDTemplate
@@ -99,6 +108,7 @@ func (c *Config) ApplyDefaults() {
 	setString(&c.TokenKeyFile, DefaultTokenKeyFile)
 	setDuration(&c.Retention.ExpiredCertificates, DefaultRetentionExpired)
 	setDuration(&c.Retention.Interval, DefaultRetentionInterval)
+	setDuration(&c.Retention.UnusedAccounts, DefaultRetentionUnused)
 	setString(&c.Log.Level, DefaultLogLevel)
 	setString(&c.Log.Format, DefaultLogFormat)
 
@@ -124,6 +134,15 @@ func (p *Provisioner) applyDefaults() {
 		setDuration(&p.Claims.MinCertDuration, d.MinCertDuration.Duration)
 		setDuration(&p.Claims.DefaultCertDuration, d.DefaultCertDuration.Duration)
 		setDuration(&p.Claims.MaxCertDuration, d.MaxCertDuration.Duration)
+	}
+	if p.Type == TypeWorkerAttestation || p.Type == TypeACME {
+		if p.Limits == nil {
+			p.Limits = &Limits{}
+		}
+		setInt(&p.Limits.MaxIdentifiersPerOrder, DefaultMaxIdentifiersPerOrder)
+		setInt(&p.Limits.MaxPendingOrdersPerAccount, DefaultMaxPendingOrdersPerAccount)
+		setInt(&p.Limits.NewAccountsPerMinute, DefaultNewAccountsPerMinute)
+		setInt(&p.Limits.NewOrdersPerMinute, DefaultNewOrdersPerMinute)
 	}
 	switch p.Type {
 	case TypeWorkerAttestation:
@@ -183,7 +202,8 @@ type InitOptions struct {
 //     label, [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])? (DefaultWorkerPattern),
 //     gets {worker}.workers.{trustDomain} and a SPIFFE ID.
 //   - "adhoc" (acme): all challenges, limited to localhost and names under
-//     the trust domain, and loopback IPs, so it cannot issue for public
+//     the trust domain except the workers' namespace workers.{trustDomain},
+//     and loopback IPs, so it cannot issue for public names or worker
 //     names out of the box.
 //
 // The result is not validated: opts may be invalid, and Write followed by
@@ -211,6 +231,7 @@ func Default(opts InitOptions) *Config {
 			Challenges: AllChallenges(),
 			Policy: &NamePolicy{
 				AllowedDNSSuffixes: []string{"localhost", c.TrustDomain},
+				DeniedDNSSuffixes:  []string{"workers." + c.TrustDomain},
 				AllowedIPRanges:    []string{"127.0.0.0/8", "::1/128"},
 			},
 		},

@@ -16,6 +16,8 @@ import (
 const (
 	MinServerCertLifetime = 5 * time.Minute
 	MinRetentionInterval  = time.Minute
+	// MaxIdentifiersPerOrder is the ceiling of limits.maxIdentifiersPerOrder.
+	MaxIdentifiersPerOrder = 1000
 )
 
 // problems collects FieldErrors so Validate can report all of them.
@@ -48,6 +50,7 @@ func (c *Config) Validate() error {
 		}
 		seen[p.Name] = i
 	}
+	c.validateNamespaces(&ps)
 	return errors.Join(ps...)
 }
 
@@ -74,6 +77,9 @@ func (c *Config) validateServer(ps *problems) {
 	}
 	if c.Retention.Interval.Duration < MinRetentionInterval {
 		ps.addf("retention.interval", "must be at least %v", MinRetentionInterval)
+	}
+	if c.Retention.UnusedAccounts.Duration < MinRetentionInterval {
+		ps.addf("retention.unusedAccounts", "must be at least %v", MinRetentionInterval)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -124,6 +130,24 @@ func (p *Provisioner) validate(ps *problems, path string) {
 		ps.addf(path+".type", "must be %q or %q; got %q", TypeWorkerAttestation, TypeACME, p.Type)
 		return
 	}
+	if l := p.Limits; l != nil {
+		for _, f := range []struct {
+			name string
+			v    int
+		}{
+			{"maxIdentifiersPerOrder", l.MaxIdentifiersPerOrder},
+			{"maxPendingOrdersPerAccount", l.MaxPendingOrdersPerAccount},
+			{"newAccountsPerMinute", l.NewAccountsPerMinute},
+			{"newOrdersPerMinute", l.NewOrdersPerMinute},
+		} {
+			if f.v < 1 {
+				ps.addf(path+".limits."+f.name, "must be at least 1; got %d", f.v)
+			}
+		}
+		if l.MaxIdentifiersPerOrder > MaxIdentifiersPerOrder {
+			ps.addf(path+".limits.maxIdentifiersPerOrder", "must be at most %d; got %d", MaxIdentifiersPerOrder, l.MaxIdentifiersPerOrder)
+		}
+	}
 	cl := p.Claims
 	switch {
 	case cl.MinCertDuration.Duration <= 0:
@@ -151,6 +175,9 @@ func (p *Provisioner) validateWorker(ps *problems, path string) {
 	}
 	if p.ValidationPorts != nil {
 		onlyFor("validationPorts")
+	}
+	if p.Egress != nil {
+		onlyFor("egress")
 	}
 
 	if p.Workers == nil && len(p.Identities) == 0 {
@@ -256,15 +283,24 @@ func (p *Provisioner) validateACME(ps *problems, path string) {
 			}
 			seenSuffix[bare] = true
 		}
-		for i, r := range pol.AllowedIPRanges {
-			rp := fmt.Sprintf("%s.policy.allowedIPRanges[%d]", path, i)
-			pfx, err := netip.ParsePrefix(r)
-			if err != nil {
-				ps.addf(rp, "not a CIDR: %v", err)
-			} else if pfx.Masked() != pfx {
-				ps.addf(rp, "%q has host bits set; did you mean %q?", r, pfx.Masked())
+		seenSuffix = make(map[string]bool)
+		for i, s := range pol.DeniedDNSSuffixes {
+			sp := fmt.Sprintf("%s.policy.deniedDNSSuffixes[%d]", path, i)
+			bare := strings.TrimPrefix(s, ".")
+			if err := checkDNSName(bare); err != nil {
+				ps.addf(sp, "%v", err)
+			} else if seenSuffix[bare] {
+				ps.addf(sp, "duplicate suffix %q", s)
 			}
+			seenSuffix[bare] = true
 		}
+		checkCIDRs(ps, path+".policy.allowedIPRanges", pol.AllowedIPRanges)
+	}
+	if e := p.Egress; e != nil {
+		if len(e.AllowedIPRanges) == 0 {
+			ps.addf(path+".egress.allowedIPRanges", "must not be empty when egress is set")
+		}
+		checkCIDRs(ps, path+".egress.allowedIPRanges", e.AllowedIPRanges)
 	}
 
 	if v := p.ValidationPorts; v != nil {
@@ -273,6 +309,19 @@ func (p *Provisioner) validateACME(ps *problems, path string) {
 		}
 		if v.TLSALPN01 < 1 || v.TLSALPN01 > 65535 {
 			ps.addf(path+".validationPorts.tlsalpn01", "must be a port 1-65535; got %d", v.TLSALPN01)
+		}
+	}
+}
+
+// checkCIDRs accepts CIDRs in canonical form (no host bits set).
+func checkCIDRs(ps *problems, path string, ranges []string) {
+	for i, r := range ranges {
+		rp := fmt.Sprintf("%s[%d]", path, i)
+		pfx, err := netip.ParsePrefix(r)
+		if err != nil {
+			ps.addf(rp, "not a CIDR: %v", err)
+		} else if pfx.Masked() != pfx {
+			ps.addf(rp, "%q has host bits set; did you mean %q?", r, pfx.Masked())
 		}
 	}
 }
@@ -430,6 +479,8 @@ func (c *Config) validateOperations(ps *problems) {
 			ps.addf(path, "must be a SPIFFE ID such as spiffe://%s/admin/operator, got %q", DefaultTrustDomain, id)
 		} else if u.Host == c.TrustDomain && strings.HasPrefix(u.Path, "/worker/") {
 			ps.addf(path, "%q is a worker identity; admin IDs must not be workers", id)
+		} else if name, ok := c.workerSPIFFEOwner(id); ok {
+			ps.addf(path, "%q is inside the SPIFFE namespace of worker provisioner %q; admin IDs must not be workers", id, name)
 		}
 	}
 	requirePath(ps, "admin.certFile", c.Admin.CertFile)

@@ -74,6 +74,19 @@ func Provisioners(cfg *config.Config) ([]stepca.Provisioner, error) {
 			if vp := p.ValidationPorts; vp != nil {
 				sp.HTTP01Port, sp.TLSALPN01Port = vp.HTTP01, vp.TLSALPN01
 			}
+			// Validation may dial what the policy may certify, plus what
+			// the egress policy allows.
+			sp.EgressAllowed = append(sp.EgressAllowed, sp.AllowedIPRanges...)
+			if e := p.Egress; e != nil {
+				for _, r := range e.AllowedIPRanges {
+					pfx, err := netip.ParsePrefix(r)
+					if err != nil {
+						errs = append(errs, fmt.Errorf("provisioner %q: egress.allowedIPRanges: %w", p.Name, err))
+						continue
+					}
+					sp.EgressAllowed = append(sp.EgressAllowed, pfx)
+				}
+			}
 		default:
 			errs = append(errs, fmt.Errorf("provisioner %q: unknown type %q", p.Name, p.Type))
 			continue

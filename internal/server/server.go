@@ -107,6 +107,7 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 		},
 		CRLInterval: cfg.CRL.Interval.Duration,
 		CRLURL:      crlURL(cfg),
+		Listen:      cfg.Listen,
 	})
 	if err != nil {
 		return nil, err
@@ -115,6 +116,7 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 	s.retainer = store.NewRetainer(store.RetainerConfig{
 		DB:     sca.NoSQL(),
 		Keep:   cfg.Retention.ExpiredCertificates.Duration,
+		Unused: cfg.Retention.UnusedAccounts.Duration,
 		Now:    now,
 		Logger: log,
 	})

@@ -59,6 +59,9 @@ type Provisioner struct {
 	// validates challenges. Zero means 80 and 443. Development and tests only.
 	HTTP01Port    int
 	TLSALPN01Port int
+	// EgressAllowed are ranges the validation client may dial although
+	// they are in its deny list (loopback, link-local, private, ...).
+	EgressAllowed []netip.Prefix
 }
 
 // allows reports whether an ordinary provisioner's name policy admits an
@@ -139,6 +142,9 @@ type Config struct {
 	// CRLURL is where the CRL is served, named in its Issuing
 	// Distribution Point (smallstep would name its own default path).
 	CRLURL string
+	// Listen is the CA's own listen address (host:port); challenge
+	// validation never connects to it.
+	Listen string
 }
 
 func (c *Config) validate() error {

@@ -36,7 +36,10 @@ const nonceMaxAge = time.Hour
 type RetainerConfig struct {
 	DB nosql.DB
 	// Keep is how long data stays after the certificate or order expired.
-	Keep   time.Duration
+	Keep time.Duration
+	// Unused is how long an account that never ordered (or, where
+	// accounts must bind, never bound) is kept after its creation.
+	Unused time.Duration
 	Now    func() time.Time
 	Logger *slog.Logger
 }
