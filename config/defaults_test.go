@@ -36,7 +36,7 @@ func TestApplyDefaults(t *testing.T) {
 				},
 				Storage:      Storage{Type: "bbolt", Path: "db/crank-ca.db"},
 				TokenKeyFile: "secrets/token.key",
-				Retention:    Retention{ExpiredCertificates: Dur(24 * time.Hour), Interval: Dur(time.Hour)},
+				Retention:    Retention{ExpiredCertificates: Dur(24 * time.Hour), Interval: Dur(time.Hour), UnusedAccounts: Dur(24 * time.Hour)},
 				Log:          Log{Level: "info", Format: "text"},
 				Admin:        Admin{SPIFFEIDs: []string{"spiffe://crank.internal/admin/operator"}, CertFile: "admin/operator.crt", KeyFile: "admin/operator.key"},
 				ARI:          ARI{BandStartPercent: 50, BandEndPercent: 80, WindowPercent: 5, MinRetryAfter: Dur(5 * time.Second), MaxRetryAfter: Dur(time.Hour)},
@@ -47,12 +47,14 @@ func TestApplyDefaults(t *testing.T) {
 						Claims:     Claims{Dur(5 * time.Minute), Dur(24 * time.Hour), Dur(168 * time.Hour)},
 						Workers:    &WorkerPattern{Pattern: "x", SPIFFEIDTemplate: "spiffe://{trustDomain}/worker/{worker}"},
 						JoinTokens: &JoinTokens{DefaultTTL: Dur(time.Hour), MaxTTL: Dur(24 * time.Hour)},
+						Limits:     defaultLimits(),
 					},
 					{
 						Name: "a", Type: TypeACME,
 						Claims:          Claims{Dur(5 * time.Minute), Dur(24 * time.Hour), Dur(2160 * time.Hour)},
 						Challenges:      []string{"http-01", "tls-alpn-01", "dns-01"},
 						ValidationPorts: &ValidationPorts{HTTP01: 80, TLSALPN01: 443},
+						Limits:          defaultLimits(),
 					},
 					{Name: "u", Type: "unknown"},
 				},
@@ -84,7 +86,7 @@ func TestApplyDefaults(t *testing.T) {
 				},
 				Storage:      Storage{Type: "postgresql", DSN: "host=db"},
 				TokenKeyFile: "secrets/token.key",
-				Retention:    Retention{ExpiredCertificates: Dur(24 * time.Hour), Interval: Dur(time.Hour)},
+				Retention:    Retention{ExpiredCertificates: Dur(24 * time.Hour), Interval: Dur(time.Hour), UnusedAccounts: Dur(24 * time.Hour)},
 				Log:          Log{Level: "debug", Format: "text"},
 				Admin:        Admin{SPIFFEIDs: []string{"spiffe://crank.internal/admin/operator"}, CertFile: "admin/operator.crt", KeyFile: "admin/operator.key"},
 				ARI:          ARI{BandStartPercent: 50, BandEndPercent: 80, WindowPercent: 5, MinRetryAfter: Dur(5 * time.Second), MaxRetryAfter: Dur(time.Hour)},
@@ -93,10 +95,12 @@ func TestApplyDefaults(t *testing.T) {
 					Name: "w", Type: TypeWorkerAttestation,
 					Claims:     Claims{workerClaims.MinCertDuration, workerClaims.DefaultCertDuration, Dur(48 * time.Hour)},
 					JoinTokens: &JoinTokens{DefaultTTL: Dur(time.Hour), MaxTTL: Dur(2 * time.Hour)},
+					Limits:     defaultLimits(),
 				}, {
 					Name: "a", Type: TypeACME, Challenges: []string{"dns-01"},
 					Claims:          acmeClaims,
 					ValidationPorts: &ValidationPorts{HTTP01: 5002, TLSALPN01: 443},
+					Limits:          defaultLimits(),
 				}},
 			},
 		},
@@ -127,6 +131,10 @@ func TestApplyDefaults(t *testing.T) {
 	}
 }
 
+func defaultLimits() *Limits {
+	return &Limits{MaxIdentifiersPerOrder: 100, MaxPendingOrdersPerAccount: 100, NewAccountsPerMinute: 60, NewOrdersPerMinute: 600}
+}
+
 func TestDefaultIsValidAndHasInitProvisioners(t *testing.T) {
 	t.Parallel()
 	c := Default(InitOptions{TrustDomain: "example.test", DNSNames: []string{"ca.example.test"}})
@@ -140,7 +148,7 @@ func TestDefaultIsValidAndHasInitProvisioners(t *testing.T) {
 	if !ok {
 		t.Fatal("no adhoc provisioner")
 	}
-	want := &NamePolicy{AllowedDNSSuffixes: []string{"localhost", "example.test"}, AllowedIPRanges: []string{"127.0.0.0/8", "::1/128"}}
+	want := &NamePolicy{AllowedDNSSuffixes: []string{"localhost", "example.test"}, DeniedDNSSuffixes: []string{"workers.example.test"}, AllowedIPRanges: []string{"127.0.0.0/8", "::1/128"}}
 	if diff := cmp.Diff(want, adhoc.Policy); diff != "" {
 		t.Errorf("adhoc policy (-want +got):\n%s", diff)
 	}

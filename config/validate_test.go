@@ -70,7 +70,7 @@ func TestValidate(t *testing.T) {
 		{name: "serverCertLifetime minimum is valid", mutate: func(c *Config) { c.PKI.ServerCertLifetime = Dur(5 * time.Minute) }},
 		{name: "retention", mutate: func(c *Config) {
 			c.Retention = Retention{ExpiredCertificates: Dur(-time.Hour), Interval: Dur(30 * time.Second)}
-		}, want: []string{"retention.expiredCertificates: must not be negative", "retention.interval: must be at least 1m0s"}},
+		}, want: []string{"retention.expiredCertificates: must not be negative", "retention.interval: must be at least 1m0s", "retention.unusedAccounts: must be at least 1m0s"}},
 		{name: "log", mutate: func(c *Config) { c.Log = Log{Level: "trace", Format: "xml"} },
 			want: []string{`log.level: must be one of debug, info, warn, error; got "trace"`, `log.format: must be json or text; got "xml"`}},
 		{name: "storage type unknown", mutate: func(c *Config) { c.Storage.Type = "postgres" },
@@ -146,12 +146,12 @@ func TestValidate(t *testing.T) {
 			want: []string{w + `: a worker-attestation provisioner needs "workers", "identities" or both`}},
 		{name: "identities alone are valid", mutate: func(c *Config) {
 			c.Provisioners[0].Workers = nil
-			c.Provisioners[0].Identities = []WorkerIdentity{{Name: "gw", DNSNames: []string{"gw.example"}, IPs: []string{"10.0.0.1", "::1"}, SPIFFEID: "spiffe://crank.internal/gw"}}
+			c.Provisioners[0].Identities = []WorkerIdentity{{Name: "gw", DNSNames: []string{"gw.example"}, IPs: []string{"10.0.0.1", "::2"}, SPIFFEID: "spiffe://crank.internal/gw"}}
 		}},
 		{name: "worker pattern", mutate: func(c *Config) {
 			c.Provisioners[0].Workers = &WorkerPattern{
 				Pattern:          "web-[0-9",
-				DNSTemplates:     []string{"{worker}.{trustDomain}", "{name}.x", "{worker.x", "x}", ""},
+				DNSTemplates:     []string{"{worker}.workers.{trustDomain}", "{name}.x", "{worker.x", "x}", ""},
 				IPs:              []string{"10.0.0.1", "10.0.0.300"},
 				SPIFFEIDTemplate: "https://{trustDomain}/{worker}",
 			}
@@ -224,7 +224,7 @@ func TestValidate(t *testing.T) {
 			want: []string{a + ".policy: must allow something"}},
 		{name: "policy empty", mutate: func(c *Config) { c.Provisioners[1].Policy = &NamePolicy{} },
 			want: []string{a + ".policy: must allow something"}},
-		{name: "policy allowAnyDNS alone is valid", mutate: func(c *Config) { c.Provisioners[1].Policy = &NamePolicy{AllowAnyDNS: true} }},
+		{name: "policy allowAnyDNS alone is valid beside no workers", mutate: func(c *Config) { c.Provisioners = c.Provisioners[1:]; c.Provisioners[0].Policy = &NamePolicy{AllowAnyDNS: true} }},
 		{name: "policy IP ranges alone are valid", mutate: func(c *Config) { c.Provisioners[1].Policy = &NamePolicy{AllowedIPRanges: []string{"10.0.0.0/8"}} }},
 		{name: "policy", mutate: func(c *Config) {
 			c.Provisioners[1].Policy = &NamePolicy{
@@ -241,6 +241,68 @@ func TestValidate(t *testing.T) {
 			a + `.policy.allowedIPRanges[1]: "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?`,
 			a + ".policy.allowedIPRanges[2]: not a CIDR",
 			a + ".policy.allowedIPRanges[3]: not a CIDR",
+			a + `.policy.deniedDNSSuffixes: must contain "workers.crank.internal": the policy allows names under it`,
+		}},
+		{name: "policy allowAnyDNS must deny worker names", mutate: func(c *Config) {
+			c.Provisioners[1].Policy = &NamePolicy{AllowAnyDNS: true}
+		}, want: []string{a + `.policy.deniedDNSSuffixes: must contain "workers.crank.internal"`}},
+		{name: "policy allowAnyDNS denying worker names is valid", mutate: func(c *Config) {
+			c.Provisioners[1].Policy = &NamePolicy{AllowAnyDNS: true, DeniedDNSSuffixes: []string{"crank.internal"}}
+		}},
+		{name: "policy allowing a suffix inside the worker namespace", mutate: func(c *Config) {
+			c.Provisioners[1].Policy = &NamePolicy{AllowedDNSSuffixes: []string{"api.workers.crank.internal"}}
+		}, want: []string{a + `.policy.deniedDNSSuffixes: must contain "workers.crank.internal"`}},
+		{name: "policy beside worker identities and IPs", mutate: func(c *Config) {
+			c.Provisioners[0].Identities = []WorkerIdentity{{Name: "gw", DNSNames: []string{"gw.localhost"}, IPs: []string{"127.0.0.9"}}}
+		}, want: []string{
+			a + `.policy.deniedDNSSuffixes: must contain "gw.localhost": the policy allows it and worker-attestation provisioner "workers" issues it`,
+			a + `.policy.allowedIPRanges[0]: contains 127.0.0.9, an IP address of worker-attestation provisioner "workers"`,
+		}},
+		{name: "worker DNS template under its own suffix", mutate: func(c *Config) {
+			c.Provisioners[0].Workers.DNSTemplates = []string{"{worker}-svc.apps.{trustDomain}"}
+		}, want: []string{a + `.policy.deniedDNSSuffixes: must contain "apps.crank.internal"`}},
+		{name: "denied suffixes", mutate: func(c *Config) {
+			c.Provisioners[1].Policy.DeniedDNSSuffixes = []string{"workers.crank.internal", "Bad_", ".workers.crank.internal"}
+		}, want: []string{
+			a + `.policy.deniedDNSSuffixes[1]: "Bad_" is not a valid DNS name`,
+			a + `.policy.deniedDNSSuffixes[2]: duplicate suffix ".workers.crank.internal"`,
+		}},
+		{name: "two worker provisioners sharing SPIFFE IDs", mutate: func(c *Config) {
+			c.Provisioners = append(c.Provisioners, Provisioner{Name: "more", Type: TypeWorkerAttestation,
+				Workers: &WorkerPattern{Pattern: "x-[a-z]+", DNSTemplates: []string{"{worker}.more.{trustDomain}"}, SPIFFEIDTemplate: "spiffe://{trustDomain}/worker/x-{worker}"}})
+			c.Provisioners[1].Policy.DeniedDNSSuffixes = append(c.Provisioners[1].Policy.DeniedDNSSuffixes, "more.crank.internal")
+			c.ApplyDefaults()
+		}, want: []string{`provisioners: worker-attestation provisioners "workers" and "more" could both issue SPIFFE ID spiffe://crank.internal/worker/x-...`}},
+		{name: "two worker provisioners with distinct SPIFFE namespaces are valid", mutate: func(c *Config) {
+			c.Provisioners = append(c.Provisioners, Provisioner{Name: "more", Type: TypeWorkerAttestation,
+				Workers: &WorkerPattern{Pattern: "x-[a-z]+", DNSTemplates: []string{"{worker}.more.{trustDomain}"}, SPIFFEIDTemplate: "spiffe://{trustDomain}/more/{worker}"}})
+			c.Provisioners[1].Policy.DeniedDNSSuffixes = append(c.Provisioners[1].Policy.DeniedDNSSuffixes, "more.crank.internal")
+			c.ApplyDefaults()
+		}},
+		{name: "explicit identity inside another provisioner's SPIFFE namespace", mutate: func(c *Config) {
+			c.Provisioners = append(c.Provisioners, Provisioner{Name: "more", Type: TypeWorkerAttestation,
+				Identities: []WorkerIdentity{{Name: "gw", DNSNames: []string{"gw.more.crank.internal"}, SPIFFEID: "spiffe://crank.internal/worker/gw"}}})
+			c.Provisioners[1].Policy.DeniedDNSSuffixes = append(c.Provisioners[1].Policy.DeniedDNSSuffixes, "more.crank.internal")
+			c.ApplyDefaults()
+		}, want: []string{`provisioners: worker-attestation provisioners "workers" and "more" could both issue SPIFFE ID spiffe://crank.internal/worker/gw`}},
+		{name: "admin ID inside a custom worker SPIFFE namespace", mutate: func(c *Config) {
+			c.Provisioners[0].Workers.SPIFFEIDTemplate = "spiffe://{trustDomain}/svc/{worker}"
+			c.Admin.SPIFFEIDs = []string{"spiffe://crank.internal/svc/admin"}
+		}, want: []string{`admin.spiffeIDs[0]: "spiffe://crank.internal/svc/admin" is inside the SPIFFE namespace of worker provisioner "workers"`}},
+		{name: "limits", mutate: func(c *Config) {
+			c.Provisioners[0].Limits = &Limits{MaxIdentifiersPerOrder: 0, MaxPendingOrdersPerAccount: -1, NewAccountsPerMinute: 1, NewOrdersPerMinute: 1}
+			c.Provisioners[1].Limits.MaxIdentifiersPerOrder = 5000
+		}, want: []string{
+			w + ".limits.maxIdentifiersPerOrder: must be at least 1; got 0",
+			w + ".limits.maxPendingOrdersPerAccount: must be at least 1; got -1",
+			a + ".limits.maxIdentifiersPerOrder: must be at most 1000; got 5000",
+		}},
+		{name: "egress", mutate: func(c *Config) {
+			c.Provisioners[1].Egress = &Egress{AllowedIPRanges: []string{"10.0.0.0/8", "10.0.0.1/8"}}
+			c.Provisioners[0].Egress = &Egress{AllowedIPRanges: []string{"10.0.0.0/8"}}
+		}, want: []string{
+			w + `.egress: only valid for provisioner type "acme"`,
+			a + `.egress.allowedIPRanges[1]: "10.0.0.1/8" has host bits set`,
 		}},
 		{name: "validation ports", mutate: func(c *Config) { c.Provisioners[1].ValidationPorts = &ValidationPorts{HTTP01: -1, TLSALPN01: 70000} },
 			want: []string{a + ".validationPorts.http01: must be a port 1-65535; got -1", a + ".validationPorts.tlsalpn01: must be a port 1-65535; got 70000"}},
