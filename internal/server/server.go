@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,6 +51,7 @@ type Server struct {
 	retainer *store.Retainer
 	admin    *admin.API
 	tokenKey *provisioner.TokenKey
+	ready    *readiness
 }
 
 // New loads the key material, opens the store and builds the authority. On
@@ -113,6 +113,7 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, now: now, ca: ca, stepca: sca, certs: certs, tokenKey: key}
+	s.ready = newReadiness(readinessConfig{Probe: sca.Ready, Now: now, Logger: log})
 	s.retainer = store.NewRetainer(store.RetainerConfig{
 		DB:     sca.NoSQL(),
 		Keep:   cfg.Retention.ExpiredCertificates.Duration,
@@ -257,7 +258,7 @@ func (s *Server) Close() error { return s.stepca.Close() }
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/acme/", s.stepca.Handler())
+	mux.Handle("/acme/", degraded(s.ready, s.stepca.Handler()))
 	mux.Handle(admin.Prefix+"/", s.admin.Handler())
 	mux.HandleFunc("GET /roots.pem", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
@@ -267,16 +268,18 @@ func (s *Server) routes() http.Handler {
 		der, err := s.stepca.CRL(r.Context())
 		if err != nil {
 			s.log.Error("serving the CRL", "err", err)
+			setRetryAfter(w.Header())
 			http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
 			return
 		}
 		w.Header().Set("Content-Type", "application/pkix-crl")
 		_, _ = w.Write(der)
 	})
-	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
-	})
+	// /health is the liveness check of earlier releases; load balancers
+	// should use /health/ready.
+	mux.HandleFunc("GET /health", liveHandler)
+	mux.HandleFunc("GET /health/live", liveHandler)
+	mux.HandleFunc("GET /health/ready", readyHandler(s.ready))
 	return s.logRequests(mux)
 }
 

@@ -26,6 +26,9 @@ type Config struct {
 	// the worker's own trust domain.
 	Authorizer tlsconfig.Authorizer
 	Logger     *slog.Logger
+	// IdleTimeout is how long the mTLS server keeps an unused kept-alive
+	// connection open; 0 means DefaultServerIdleTimeout.
+	IdleTimeout time.Duration
 }
 
 // Worker is a running worker: its agent, listener and clients.
@@ -94,15 +97,8 @@ func (w *Worker) Serve(ctx context.Context, h http.Handler) error {
 		authz = workertls.AuthorizeMemberOf(w.agent.Current().SPIFFEID.TrustDomain())
 	}
 	authz = workertls.RefuseRevoked(authz, w.agent)
-	hs := &http.Server{
-		Handler:           w.recheck(h),
-		TLSConfig:         workertls.ServerConfig(w.agent, authz),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
-		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
-			return context.WithValue(ctx, connStartKey{}, time.Now())
-		},
-	}
+	hs := w.newHTTPServer(w.recheck(h))
+	hs.TLSConfig = workertls.ServerConfig(w.agent, authz)
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go w.watchRotations(runCtx)
@@ -133,6 +129,42 @@ func (w *Worker) Serve(ctx context.Context, h http.Handler) error {
 	return err
 }
 
+// Server timeouts. Read and write bound a peer that stalls mid-request;
+// idle closes kept-alive connections nobody uses, which would otherwise
+// stay open forever: the server re-checks a connection only when a request
+// arrives on it, so an idle one keeps a handshake made with a certificate
+// since rotated or revoked, and holds a file descriptor for a peer that may
+// be long gone.
+const (
+	// DefaultServerIdleTimeout is longer than the clients' IdleTimeout, so
+	// that normally the client closes first and never sends a request on a
+	// connection the server is closing.
+	DefaultServerIdleTimeout = 90 * time.Second
+	serverReadHeaderTimeout  = 10 * time.Second
+	serverReadTimeout        = 30 * time.Second
+	serverWriteTimeout       = 60 * time.Second
+)
+
+// newHTTPServer is the worker's HTTP server without its TLS configuration
+// (Serve adds it; tests serve plain TCP).
+func (w *Worker) newHTTPServer(h http.Handler) *http.Server {
+	idle := w.cfg.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultServerIdleTimeout
+	}
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: serverReadHeaderTimeout,
+		ReadTimeout:       serverReadTimeout,
+		WriteTimeout:      serverWriteTimeout,
+		IdleTimeout:       idle,
+		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, connStartKey{}, time.Now())
+		},
+	}
+}
+
 // Client returns an HTTP client that calls peers over mTLS with the
 // worker's current certificate, accepting servers that authz admits (nil:
 // any member of the trust domain) unless the CA has revoked their
@@ -160,5 +192,5 @@ func (w *Worker) Client(authz tlsconfig.Authorizer) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: t}
 }
 
-// IdleTimeout bounds how long a peer connection stays open unused.
+// IdleTimeout bounds how long a client's peer connection stays open unused.
 const IdleTimeout = 30 * time.Second
