@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-acme/lego/v4/certificate"
 
+	"github.com/crank-platform/crank-ca/config"
 	"github.com/crank-platform/crank-ca/internal/admin"
 )
 
@@ -184,7 +185,12 @@ func TestARISpread(t *testing.T) {
 	if testing.Short() {
 		t.Skip("issues 200 certificates")
 	}
-	c := newCA(t, nil)
+	// 200 workers enrol from one address at once: more than the default
+	// new-account rate per address allows.
+	c := newCA(t, func(cfg *config.Config) {
+		p, _ := cfg.Provisioner("workers")
+		p.Limits.NewAccountsPerMinute = 1000
+	})
 	c.start()
 	const n = 200
 	type issued struct {

@@ -59,24 +59,19 @@ func Provisioners(cfg *config.Config) ([]stepca.Provisioner, error) {
 			sp.Kind = stepca.KindACME
 			sp.Challenges = p.Challenges
 			sp.RequireEAB = p.RequireEAB
-			if p.Policy != nil {
-				sp.AllowedDNSSuffixes = p.Policy.AllowedDNSSuffixes
-				sp.AllowAnyDNS = p.Policy.AllowAnyDNS
-				for _, r := range p.Policy.AllowedIPRanges {
-					pfx, err := netip.ParsePrefix(r)
-					if err != nil {
-						errs = append(errs, fmt.Errorf("provisioner %q: allowedIPRanges: %w", p.Name, err))
-						continue
-					}
-					sp.AllowedIPRanges = append(sp.AllowedIPRanges, pfx)
-				}
+			pol, err := namePolicy(cfg, p)
+			if err != nil {
+				errs = append(errs, err)
+				continue
 			}
+			sp.Policy = pol
+			sp.DeniedURIDomains = []string{cfg.TrustDomain}
 			if vp := p.ValidationPorts; vp != nil {
 				sp.HTTP01Port, sp.TLSALPN01Port = vp.HTTP01, vp.TLSALPN01
 			}
 			// Validation may dial what the policy may certify, plus what
 			// the egress policy allows.
-			sp.EgressAllowed = append(sp.EgressAllowed, sp.AllowedIPRanges...)
+			sp.EgressAllowed = append(sp.EgressAllowed, sp.Policy.AllowedIPRanges...)
 			if e := p.Egress; e != nil {
 				for _, r := range e.AllowedIPRanges {
 					pfx, err := netip.ParsePrefix(r)
@@ -91,9 +86,48 @@ func Provisioners(cfg *config.Config) ([]stepca.Provisioner, error) {
 			errs = append(errs, fmt.Errorf("provisioner %q: unknown type %q", p.Name, p.Type))
 			continue
 		}
+		if l := p.Limits; l != nil {
+			sp.Limits = stepca.Limits{
+				MaxIdentifiersPerOrder:     l.MaxIdentifiersPerOrder,
+				MaxPendingOrdersPerAccount: l.MaxPendingOrdersPerAccount,
+				NewAccountsPerMinute:       l.NewAccountsPerMinute,
+				NewOrdersPerMinute:         l.NewOrdersPerMinute,
+			}
+		}
 		out = append(out, sp)
 	}
 	return out, errors.Join(errs...)
+}
+
+// namePolicy is an acme provisioner's configured policy plus, denied, every
+// worker-attestation namespace: validation already refuses a policy that
+// overlaps one, and this keeps the run-time check fail-closed should an
+// overlap slip past it.
+func namePolicy(cfg *config.Config, p *config.Provisioner) (provisioner.NamePolicy, error) {
+	var pol provisioner.NamePolicy
+	if c := p.Policy; c != nil {
+		pol.AllowAnyDNS = c.AllowAnyDNS
+		pol.AllowedDNSSuffixes = append(pol.AllowedDNSSuffixes, c.AllowedDNSSuffixes...)
+		pol.DeniedDNSSuffixes = append(pol.DeniedDNSSuffixes, c.DeniedDNSSuffixes...)
+		for _, r := range c.AllowedIPRanges {
+			pfx, err := netip.ParsePrefix(r)
+			if err != nil {
+				return pol, fmt.Errorf("provisioner %q: allowedIPRanges: %w", p.Name, err)
+			}
+			pol.AllowedIPRanges = append(pol.AllowedIPRanges, pfx)
+		}
+	}
+	for _, ns := range cfg.WorkerNamespaces() {
+		for _, s := range ns.DNSSuffixes {
+			if s == "" {
+				return pol, fmt.Errorf("provisioner %q: worker-attestation provisioner %q may issue any DNS name", p.Name, ns.Provisioner)
+			}
+			pol.DeniedDNSSuffixes = append(pol.DeniedDNSSuffixes, s)
+		}
+		pol.DeniedDNSSuffixes = append(pol.DeniedDNSSuffixes, ns.DNSNames...)
+		pol.DeniedIPs = append(pol.DeniedIPs, ns.IPs...)
+	}
+	return pol, nil
 }
 
 // Storage translates the storage settings for the adapter.

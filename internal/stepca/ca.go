@@ -10,7 +10,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,11 +25,13 @@ import (
 	"github.com/smallstep/certificates/api/render"
 	"github.com/smallstep/certificates/authority"
 	authconfig "github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/authority/policy"
 	steppro "github.com/smallstep/certificates/authority/provisioner"
 	stepdb "github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 
 	"github.com/crank-platform/crank-ca/internal/ari"
+	"github.com/crank-platform/crank-ca/internal/limit"
 	"github.com/crank-platform/crank-ca/internal/store"
 )
 
@@ -129,13 +133,16 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	}
 	tokens := &tokenChecker{key: cfg.TokenKey, store: st, now: now, audit: audit}
 	adb := &acmeDB{DB: inner, specs: specsByID(specs), store: st, tokens: tokens, log: logger, audit: audit, now: now,
+		pending:   limit.NewPending(now),
 		isRevoked: func(serial string) bool { r, _ := auth.IsRevoked(serial); return r }}
 	lk := &linker{
 		Linker:  acme.NewLinker("", "acme"),
 		specs:   specs,
-		clients: validationClients(cfg.Provisioners),
+		clients: validationClients(cfg.Provisioners, cfg.Listen, logger),
 		tokens:  tokens,
 		db:      adb,
+		rates:   limit.NewRates(now),
+		now:     now,
 	}
 	c := &CA{now: now, ari: cfg.ARI, auth: auth, db: adb, store: st, nosql: ndb, sql: sqlDB, linker: lk, log: logger, audit: audit}
 	c.handler = c.routes()
@@ -173,8 +180,34 @@ func stepProvisioner(p *Provisioner) *steppro.ACME {
 		for _, ch := range p.Challenges {
 			ap.Challenges = append(ap.Challenges, steppro.ACMEChallenge(ch))
 		}
+		if denied := stepDeniedNames(p); denied != nil {
+			ap.Options = &steppro.Options{X509: &steppro.X509Options{DeniedNames: denied}}
+		}
 	}
 	return ap
+}
+
+// stepDeniedNames hands the denied part of an acme provisioner's policy to
+// smallstep's own x509 policy engine, which then refuses those names at
+// new-order and again when signing: a third check that shares no code with
+// crank-ca's. It fits only partly: smallstep's "*.suffix" matches exactly one
+// label, so it covers the names of the usual templates
+// ("{worker}.workers.{trustDomain}"); deeper names are crank-ca's to refuse.
+// The allowed suffixes are not handed over for the same reason (they would
+// refuse names crank-ca allows).
+func stepDeniedNames(p *Provisioner) *policy.X509NameOptions {
+	o := &policy.X509NameOptions{URIDomains: append([]string{}, p.DeniedURIDomains...)}
+	for _, d := range p.Policy.DeniedDNSSuffixes {
+		d = strings.TrimPrefix(d, ".")
+		o.DNSDomains = append(o.DNSDomains, d, "*."+d)
+	}
+	for _, ip := range p.Policy.DeniedIPs {
+		o.IPRanges = append(o.IPRanges, netip.PrefixFrom(ip, ip.BitLen()).String())
+	}
+	if !o.HasNames() {
+		return nil
+	}
+	return o
 }
 
 // Handler serves the ACME API under /acme/<provisioner>/...
@@ -211,6 +244,18 @@ func openSQL(st Storage) (*sql.DB, error) {
 
 func (c *CA) routes() http.Handler {
 	r := chi.NewRouter()
+	// Paths and methods no route answers get problem documents too, not
+	// chi's plain-text defaults.
+	r.NotFound(func(w http.ResponseWriter, req *http.Request) {
+		e := acme.NewDetailedError(acme.ErrorMalformedType, "no ACME resource at %s", truncate(req.URL.Path, 120))
+		e.Status = http.StatusNotFound
+		render.Error(w, req, e)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		e := acme.NewDetailedError(acme.ErrorMalformedType, "%s is not allowed on %s", req.Method, truncate(req.URL.Path, 120))
+		e.Status = http.StatusMethodNotAllowed
+		render.Error(w, req, e)
+	})
 	r.Route("/acme", func(r chi.Router) {
 		acmeapi.Route(r)
 		r.Get("/{provisionerID}/"+renewalInfoPath+"/{certID}", c.renewalInfo)
@@ -224,6 +269,7 @@ func (c *CA) routes() http.Handler {
 		ctx = apilog.WithErrorLogger(ctx, c.logError)
 		ctx = withState(ctx)
 		req = req.WithContext(ctx)
+		w = &retryAfterWriter{ResponseWriter: w, st: stateFrom(ctx)}
 		// Refusals smallstep would answer with a 500 or a non-ACME 404.
 		if err := c.readBody(w, req); err != nil {
 			render.Error(w, req, err)
@@ -233,6 +279,13 @@ func (c *CA) routes() http.Handler {
 			render.Error(w, req, err)
 			return
 		}
+		if allow := allowedMethods(req.URL.Path); !strings.Contains(allow, req.Method) {
+			w.Header().Set("Allow", allow)
+			e := acme.NewDetailedError(acme.ErrorMalformedType, "%s is not allowed here; ACME resources are read and changed with POST (RFC 8555 section 6.3)", req.Method)
+			e.Status = http.StatusMethodNotAllowed
+			render.Error(w, req, e)
+			return
+		}
 		if isDirectory(req.URL.Path) {
 			c.directoryWithARI(r, w, req)
 			return
@@ -240,6 +293,39 @@ func (c *CA) routes() http.Handler {
 		r.ServeHTTP(w, req)
 	})
 }
+
+// allowedMethods lists the methods an ACME path answers: GET/HEAD for the
+// directory and new-nonce, GET for renewalInfo, POST for everything else.
+func allowedMethods(path string) string {
+	rest, _ := strings.CutPrefix(path, "/acme/")
+	_, rest, _ = strings.Cut(rest, "/")
+	switch {
+	case rest == "directory":
+		return "GET, HEAD"
+	case rest == "new-nonce":
+		return "GET, HEAD"
+	case strings.HasPrefix(rest, renewalInfoPath+"/"):
+		return "GET"
+	default:
+		return "POST"
+	}
+}
+
+// retryAfterWriter adds the Retry-After of a rateLimited refusal decided
+// deep inside smallstep's handlers, which render the problem without it.
+type retryAfterWriter struct {
+	http.ResponseWriter
+	st *state
+}
+
+func (w *retryAfterWriter) WriteHeader(code int) {
+	if code == http.StatusTooManyRequests && w.st.retryAfter > 0 && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", strconv.Itoa(w.st.retryAfter))
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *retryAfterWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // readBody reads the whole body once, bounded, and keeps it for the
 // prechecks; smallstep gets an identical reader.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/crank-platform/crank-ca/internal/ari"
@@ -49,12 +48,18 @@ type Provisioner struct {
 	// Identities is required for KindWorkers.
 	Identities *provisioner.Identities
 
+	// Limits bound what one client can make the CA do.
+	Limits Limits
+
 	// The fields below apply to KindACME.
-	Challenges         []string // http-01, tls-alpn-01, dns-01
-	RequireEAB         bool
-	AllowedDNSSuffixes []string
-	AllowAnyDNS        bool
-	AllowedIPRanges    []netip.Prefix
+	Challenges []string // http-01, tls-alpn-01, dns-01
+	RequireEAB bool
+	// Policy is checked at new-order (twice) and at finalize; it already
+	// denies the worker-attestation namespaces.
+	Policy provisioner.NamePolicy
+	// DeniedURIDomains are URI hosts (the trust domain) smallstep's own
+	// policy engine refuses too.
+	DeniedURIDomains []string
 	// HTTP01Port and TLSALPN01Port move the ports the CA dials when it
 	// validates challenges. Zero means 80 and 443. Development and tests only.
 	HTTP01Port    int
@@ -64,39 +69,13 @@ type Provisioner struct {
 	EgressAllowed []netip.Prefix
 }
 
-// allows reports whether an ordinary provisioner's name policy admits an
-// ACME identifier. A DNS name is allowed when it equals a suffix or ends in
-// "." + suffix, at any depth (smallstep's "*.suffix" policy would only allow
-// one label); a wildcard is judged by its base name. Identifier types other
-// than dns and ip are left to smallstep, which refuses them.
-func (p *Provisioner) allows(typ, value string) bool {
-	switch typ {
-	case "dns":
-		name := strings.TrimPrefix(strings.ToLower(value), "*.")
-		if p.AllowAnyDNS {
-			return true
-		}
-		for _, s := range p.AllowedDNSSuffixes {
-			s = strings.ToLower(strings.TrimLeft(s, "."))
-			if name == s || strings.HasSuffix(name, "."+s) {
-				return true
-			}
-		}
-		return false
-	case "ip":
-		addr, err := netip.ParseAddr(value)
-		if err != nil {
-			return false
-		}
-		for _, r := range p.AllowedIPRanges {
-			if r.Contains(addr.Unmap()) {
-				return true
-			}
-		}
-		return false
-	default:
-		return true
-	}
+// Limits are the per-provisioner bounds of issue 7: identifiers per order,
+// pending orders per account, and per-client-address rates.
+type Limits struct {
+	MaxIdentifiersPerOrder     int
+	MaxPendingOrdersPerAccount int
+	NewAccountsPerMinute       int
+	NewOrdersPerMinute         int
 }
 
 // usesTokens reports whether accounts of p register with crank-ca's
@@ -175,6 +154,9 @@ func (c *Config) validate() error {
 		}
 		if p.usesTokens() && c.TokenKey == nil {
 			errs = append(errs, fmt.Errorf("provisioners[%d]: %q needs a token key", i, p.Name))
+		}
+		if l := p.Limits; l.MaxIdentifiersPerOrder < 1 || l.MaxPendingOrdersPerAccount < 1 || l.NewAccountsPerMinute < 1 || l.NewOrdersPerMinute < 1 {
+			errs = append(errs, fmt.Errorf("provisioners[%d]: every limit must be at least 1, got %+v", i, l))
 		}
 		if !(0 < p.MinDuration && p.MinDuration <= p.DefaultDuration && p.DefaultDuration <= p.MaxDuration) {
 			errs = append(errs, fmt.Errorf("provisioners[%d]: lifetimes must satisfy 0 < min <= default <= max", i))

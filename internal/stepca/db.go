@@ -2,6 +2,7 @@ package stepca
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"github.com/smallstep/certificates/acme"
 
 	"github.com/crank-platform/crank-ca/internal/ari"
+	"github.com/crank-platform/crank-ca/internal/limit"
 	"github.com/crank-platform/crank-ca/internal/store"
 	"github.com/crank-platform/crank-ca/provisioner"
 )
@@ -31,6 +33,8 @@ type acmeDB struct {
 	now    func() time.Time
 	// isRevoked asks the authority (revocations it made itself).
 	isRevoked func(serial string) bool
+	// pending counts each account's unfinished orders (limits).
+	pending *limit.Pending
 }
 
 // DeleteNonce consumes a nonce. On PostgreSQL it is one atomic DELETE, so a
@@ -92,21 +96,21 @@ func (d *acmeDB) UpdateExternalAccountKey(ctx context.Context, provID string, ea
 	}
 	switch err := d.store.Bind(ctx, b); {
 	case errors.Is(err, store.ErrTokenUsed):
-		d.audit.Warn("token reuse refused", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID)
+		d.audit.Warn("token reuse refused", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID, "kid", kidDigest(b.KID))
 		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "the join token has already been used")
 	case err != nil:
 		return acme.WrapErrorISE(err, "error binding account")
 	}
-	d.audit.Info("account bound", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID, "kid", kidPrefix(b.KID))
+	d.audit.Info("account bound", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID, "kid", kidDigest(b.KID))
 	return nil
 }
 
-// kidPrefix shortens a key id for logs; the id is not secret but is long.
-func kidPrefix(kid string) string {
-	if len(kid) > 24 {
-		return kid[:24] + "..."
-	}
-	return kid
+// kidDigest identifies a token in logs by a short digest of its key id:
+// the id is not secret but long, and every token of one provisioner shares
+// its leading characters, so a prefix would name them all alike.
+func kidDigest(kid string) string {
+	sum := sha256.Sum256([]byte(kid))
+	return "sha256:" + hex.EncodeToString(sum[:8])
 }
 
 // GetExternalAccountKeyByAccountID runs first in new-order for EAB
@@ -209,6 +213,36 @@ func (d *acmeDB) CreateChallenge(ctx context.Context, ch *acme.Challenge) error 
 	return d.DB.UpdateChallenge(ctx, ch)
 }
 
+// UpdateChallenge makes a failed validation final. smallstep leaves a
+// challenge whose target could not be reached pending (so that the client
+// may retry), and re-runs the validation on every later POST to it: one
+// order would then buy unlimited connection attempts to a target of the
+// client's choice, with their timing to learn from. RFC 8555 section 7.5.1
+// lets the server fail the challenge and its authorization instead, and a
+// client must then start a new order (which the limits count).
+func (d *acmeDB) UpdateChallenge(ctx context.Context, ch *acme.Challenge) error {
+	failed := ch.Status == acme.StatusPending && ch.Error != nil
+	if failed {
+		ch.Status = acme.StatusInvalid
+	}
+	if err := d.DB.UpdateChallenge(ctx, ch); err != nil {
+		return err
+	}
+	if !failed || ch.AuthorizationID == "" {
+		return nil
+	}
+	az, err := d.DB.GetAuthorization(ctx, ch.AuthorizationID)
+	if err != nil {
+		return err
+	}
+	if az.Status != acme.StatusPending {
+		return nil
+	}
+	az.Status = acme.StatusInvalid
+	az.Error = ch.Error
+	return d.DB.UpdateAuthorization(ctx, az)
+}
+
 // CreateAuthorization stores a pre-authorized identifier's authorization as
 // valid: the bound identity is the proof.
 func (d *acmeDB) CreateAuthorization(ctx context.Context, az *acme.Authorization) error {
@@ -219,22 +253,68 @@ func (d *acmeDB) CreateAuthorization(ctx context.Context, az *acme.Authorization
 	return d.DB.CreateAuthorization(ctx, az)
 }
 
-// backdateAllowance is smallstep's default backdate of an order's NotBefore.
-const backdateAllowance = time.Minute
+// backdateAllowance is smallstep's default backdate of an order's NotBefore;
+// orderLifetime is how long its orders stay open (acme/api/order.go).
+const (
+	backdateAllowance = time.Minute
+	orderLifetime     = 24 * time.Hour
+)
 
-// CreateOrder refuses lifetimes outside the provisioner's claims (smallstep
-// would only notice at finalize, and answer 500) and marks fully
-// pre-authorized orders ready.
+// CreateOrder is the second, independent check of a new-order: it sees the
+// order as smallstep parsed it (not the precheck's decoding) and refuses
+// identifiers outside the provisioner's policy or the bound identity,
+// validity outside the skew or the claims (smallstep would only notice at
+// finalize, and answer 500), and accounts with too many pending orders. It
+// marks fully pre-authorized orders ready.
 func (d *acmeDB) CreateOrder(ctx context.Context, o *acme.Order) error {
 	spec := d.specs[o.ProvisionerID]
-	if spec != nil {
-		if err := checkLifetime(spec, o.NotBefore, o.NotAfter); err != nil {
-			return err
-		}
-		if st := stateFrom(ctx); st.preauthorized > 0 && st.preauthorized == len(o.AuthorizationIDs) {
-			o.Status = acme.StatusReady
+	if spec == nil {
+		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "provisioner %q is not served here", o.ProvisionerID)
+	}
+	st := stateFrom(ctx)
+	if n := len(o.Identifiers); n == 0 || n > spec.Limits.MaxIdentifiersPerOrder {
+		return acme.NewDetailedError(acme.ErrorMalformedType, "an order must name 1 to %d identifiers, this one names %d", spec.Limits.MaxIdentifiersPerOrder, n)
+	}
+	for _, id := range o.Identifiers {
+		switch spec.Kind {
+		case KindACME:
+			if err := spec.Policy.Check(string(id.Type), id.Value); err != nil {
+				return policyProblem(spec, err)
+			}
+		case KindWorkers:
+			if st.identity == nil || st.binding == nil || st.binding.AccountID != o.AccountID {
+				return acme.NewDetailedError(acme.ErrorUnauthorizedType, "account %s is not bound to a worker identity", o.AccountID)
+			}
+			if err := st.identity.CheckIdentifier(string(id.Type), id.Value); err != nil {
+				return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "%v", err)
+			}
 		}
 	}
+	// smallstep stamps the order with its own clock: ExpiresAt is its now
+	// plus the order lifetime. Comparing with that clock (not crank-ca's
+	// injected one) keeps the check exact.
+	now := o.ExpiresAt.Add(-orderLifetime)
+	if o.NotBefore.After(now.Add(maxClockSkew)) || o.NotBefore.Before(now.Add(-maxClockSkew-backdateAllowance)) {
+		return acme.NewDetailedError(acme.ErrorMalformedType, "notBefore %s is more than %s away from now", o.NotBefore.UTC().Format(time.RFC3339), maxClockSkew)
+	}
+	if err := checkLifetime(spec, o.NotBefore, o.NotAfter); err != nil {
+		return err
+	}
+	if n := d.pending.Count(o.AccountID); n >= spec.Limits.MaxPendingOrdersPerAccount {
+		st.retryAfter = 60
+		return rateLimited("account %s has %d pending orders (at most %d); finalize or let them expire first", o.AccountID, n, spec.Limits.MaxPendingOrdersPerAccount)
+	}
+	if st.preauthorized > 0 && st.preauthorized == len(o.AuthorizationIDs) {
+		o.Status = acme.StatusReady
+	}
+	if err := d.createOrder(ctx, o); err != nil {
+		return err
+	}
+	d.pending.Add(o.AccountID, o.ID, o.ExpiresAt)
+	return nil
+}
+
+func (d *acmeDB) createOrder(ctx context.Context, o *acme.Order) error {
 	replaces := stateFrom(ctx).replaces
 	if replaces == "" {
 		return d.DB.CreateOrder(ctx, o)
@@ -319,6 +399,7 @@ func (d *acmeDB) CreateCertificate(ctx context.Context, cert *acme.Certificate) 
 	if err := d.DB.CreateCertificate(ctx, cert); err != nil {
 		return err
 	}
+	d.pending.Done(cert.AccountID, cert.OrderID)
 	st := stateFrom(ctx)
 	rec := store.CertRecord{
 		Serial: cert.Leaf.SerialNumber.String(), AccountID: cert.AccountID, OrderID: cert.OrderID,

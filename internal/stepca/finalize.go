@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/smallstep/certificates/acme"
 	steppro "github.com/smallstep/certificates/authority/provisioner"
@@ -40,12 +41,26 @@ func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.
 	if err != nil {
 		return nil, acme.WrapErrorISE(err, "error reading account %s", o.AccountID)
 	}
-	if st.csr != nil && sameKey(acc.Key, st.csr.PublicKey) {
+	if st.csr == nil {
+		// The precheck decodes every finalize; without its CSR nothing
+		// here can be checked, so nothing is signed.
+		return nil, acme.NewDetailedError(acme.ErrorBadCSRType, "the finalize request carries no readable CSR")
+	}
+	if sameKey(acc.Key, st.csr.PublicKey) {
 		return nil, acme.NewDetailedError(acme.ErrorBadCSRType, "the CSR's public key is the account key; use a separate key for the certificate (RFC 8555 section 11.1)")
+	}
+	if err := checkLeafKey(st.csr.PublicKey); err != nil {
+		return nil, acme.NewDetailedError(acme.ErrorBadCSRType, "%v", err)
 	}
 	opts = append(opts, accountKeyValidator{account: acc.Key})
 	if f.spec.Kind != KindWorkers {
-		return opts, nil
+		if err := f.spec.Policy.CheckCertificate(&x509.Certificate{
+			Subject: st.csr.Subject, DNSNames: st.csr.DNSNames, IPAddresses: st.csr.IPAddresses,
+			URIs: st.csr.URIs, EmailAddresses: st.csr.EmailAddresses,
+		}); err != nil {
+			return nil, acme.NewDetailedError(acme.ErrorBadCSRType, "%v", err)
+		}
+		return append(opts, issuanceValidator{policy: &f.spec.Policy}), nil
 	}
 	b, err := f.db.store.Binding(ctx, o.AccountID)
 	switch {
@@ -62,7 +77,7 @@ func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.
 	if err != nil {
 		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)
 	}
-	return append(opts, leafProfile{identity: id}), nil
+	return append(opts, leafProfile{identity: id}, issuanceValidator{identity: &id}), nil
 }
 
 // sameKey compares keys by their RFC 7638 thumbprint.
@@ -89,6 +104,53 @@ type accountKeyValidator struct{ account *jose.JSONWebKey }
 func (v accountKeyValidator) Valid(cert *x509.Certificate, _ steppro.SignOptions) error {
 	if sameKey(v.account, cert.PublicKey) {
 		return errors.New("certificate key equals the account key")
+	}
+	return nil
+}
+
+// issuanceValidator is the last check before signing, on the certificate
+// itself (after smallstep's template and crank-ca's leaf profile): its key,
+// its validity against the signing clock, and its names against the
+// provisioner's policy (acme) or the bound identity (workers). It is
+// independent of the new-order checks, so a request that slipped past them
+// still cannot obtain a name it may not have. Its refusals are problem
+// documents that smallstep passes through (errors.As finds them).
+type issuanceValidator struct {
+	policy   *provisioner.NamePolicy // acme provisioners
+	identity *provisioner.Identity   // worker provisioners
+}
+
+func (v issuanceValidator) Valid(cert *x509.Certificate, _ steppro.SignOptions) error {
+	if err := checkLeafKey(cert.PublicKey); err != nil {
+		return acme.NewDetailedError(acme.ErrorBadCSRType, "%v", err)
+	}
+	// smallstep signs with the wall clock; an order's notBefore was
+	// checked at new-order and the order stays open for orderLifetime.
+	now := time.Now()
+	if cert.NotBefore.After(now.Add(maxClockSkew)) || cert.NotBefore.Before(now.Add(-orderLifetime-maxClockSkew-backdateAllowance)) {
+		return acme.NewDetailedError(acme.ErrorMalformedType, "the certificate would start at %s, outside the allowed skew", cert.NotBefore.UTC().Format(time.RFC3339))
+	}
+	switch {
+	case v.policy != nil:
+		if err := v.policy.CheckCertificate(cert); err != nil {
+			return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "%v", err)
+		}
+	case v.identity != nil:
+		for _, n := range cert.DNSNames {
+			if err := v.identity.CheckIdentifier("dns", n); err != nil {
+				return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "%v", err)
+			}
+		}
+		for _, ip := range cert.IPAddresses {
+			if err := v.identity.CheckIdentifier("ip", ip.String()); err != nil {
+				return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "%v", err)
+			}
+		}
+		if len(cert.URIs) != 1 || cert.URIs[0].String() != v.identity.SPIFFEID.String() || len(cert.EmailAddresses) > 0 {
+			return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "a worker certificate carries exactly its SPIFFE ID %s", v.identity.SPIFFEID)
+		}
+	default:
+		return acme.NewDetailedError(acme.ErrorServerInternalType, "no policy to check the certificate against")
 	}
 	return nil
 }

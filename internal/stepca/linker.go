@@ -2,17 +2,19 @@ package stepca
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/smallstep/certificates/acme"
 	"github.com/smallstep/certificates/api/render"
 	steppro "github.com/smallstep/certificates/authority/provisioner"
 	"go.step.sm/crypto/jose"
+
+	"github.com/crank-platform/crank-ca/internal/limit"
 )
 
 // linker wraps smallstep's linker. Its Middleware is the first code that runs
@@ -26,6 +28,8 @@ type linker struct {
 	clients map[string]acme.Client  // by name
 	tokens  *tokenChecker
 	db      *acmeDB
+	rates   *limit.Rates
+	now     func() time.Time
 }
 
 func (l *linker) Middleware(next http.Handler) http.Handler {
@@ -61,7 +65,6 @@ func (l *linker) Middleware(next http.Handler) http.Handler {
 		}
 		if strings.HasSuffix(route, "/finalize") {
 			st.orderID = chi.URLParam(r, "ordID")
-			st.csr = peekCSR(st.body)
 			ctx = acme.NewProvisionerContext(ctx, &finalizer{ACME: stock, spec: spec, db: l.db})
 		}
 		next.ServeHTTP(w, r.WithContext(ctx))
@@ -78,6 +81,9 @@ func routePattern(r *http.Request) string {
 // renderWithNonce renders a problem with a fresh Replay-Nonce, as smallstep's
 // own error responses to POSTs carry one.
 func (l *linker) renderWithNonce(w http.ResponseWriter, r *http.Request, err error) {
+	if ra := stateFrom(r.Context()).retryAfter; ra > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(ra))
+	}
 	if n, nerr := l.db.CreateNonce(r.Context()); nerr == nil {
 		w.Header().Set("Replay-Nonce", string(n))
 		w.Header().Set("Cache-Control", "no-store")
@@ -113,26 +119,4 @@ func (l *linker) precheckEAB(ctx context.Context, spec *Provisioner, eabJSON jso
 	info.kid = kid
 	stateFrom(ctx).token = &info
 	return nil
-}
-
-// peekCSR extracts the CSR of a finalize request so that the provisioner hook
-// can compare its key with the account key and answer badCSR (smallstep only
-// hands the hook a context). The JWS itself is verified by smallstep before
-// the hook runs.
-func peekCSR(body []byte) *x509.CertificateRequest {
-	var fr struct {
-		CSR string `json:"csr"`
-	}
-	if json.Unmarshal(unverifiedPayload(body), &fr) != nil {
-		return nil
-	}
-	der, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(fr.CSR, "="))
-	if err != nil {
-		return nil
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		return nil
-	}
-	return csr
 }

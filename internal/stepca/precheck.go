@@ -3,15 +3,16 @@ package stepca
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/smallstep/certificates/acme"
 	"go.step.sm/crypto/jose"
 
 	"github.com/crank-platform/crank-ca/internal/ari"
+	"github.com/crank-platform/crank-ca/internal/limit"
 )
 
 // Limits of DNS names (RFC 1035 2.3.4).
@@ -21,51 +22,62 @@ const (
 )
 
 // precheck refuses requests that smallstep would accept against RFC 8555 or
-// answer with a 500. It runs before smallstep verifies the JWS, so it only
-// ever refuses: everything it lets through is checked again by smallstep.
+// crank-ca's policy, or answer with a 500. It runs before smallstep verifies
+// the JWS, so it only ever refuses: everything it lets through is checked
+// again by smallstep and by crank-ca's DB and finalize hooks. It fails
+// closed: a POST whose JWS or payload it cannot fully decode is refused
+// here, never handed on for smallstep to interpret differently.
 func (l *linker) precheck(ctx context.Context, r *http.Request, route string, spec *Provisioner, body []byte) error {
 	if r.Method != http.MethodPost {
 		return nil
 	}
 	// RFC 8555 6.2: flattened JSON serialization only.
-	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] != '{' {
-		return acme.NewDetailedError(acme.ErrorMalformedType, "the JWS must use the flattened JSON serialization")
+	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '{' {
+		return acme.NewDetailedError(acme.ErrorMalformedType, "the request must be a JWS in the flattened JSON serialization")
 	}
+	jws, err := jose.ParseJWS(string(body))
+	if err != nil || len(jws.Signatures) != 1 {
+		return acme.NewDetailedError(acme.ErrorMalformedType, "the request must be a JWS with exactly one signature")
+	}
+	payload := jws.UnsafePayloadWithoutVerification()
+	client := limit.ClientKey(r.RemoteAddr)
 	switch {
 	case strings.HasSuffix(route, "/new-account"):
-		var nar struct {
-			Contact []string        `json:"contact"`
-			EAB     json.RawMessage `json:"externalAccountBinding"`
-		}
-		if json.Unmarshal(unverifiedPayload(body), &nar) != nil {
-			return nil // smallstep answers malformed
-		}
-		if err := checkContacts(nar.Contact); err != nil {
+		contacts, onlyExisting, eab, err := decodeNewAccount(payload)
+		if err != nil {
 			return err
 		}
-		if spec.usesTokens() {
-			return l.precheckEAB(ctx, spec, nar.EAB)
+		if err := checkContacts(contacts); err != nil {
+			return err
+		}
+		if !onlyExisting {
+			if err := l.rate(ctx, spec.Name+"|new-account|"+client, spec.Limits.NewAccountsPerMinute, "new accounts"); err != nil {
+				return err
+			}
+		}
+		if spec.usesTokens() && !onlyExisting {
+			return l.precheckEAB(ctx, spec, eab)
 		}
 	case strings.HasSuffix(route, "/account/{accID}"):
 		if err := checkKIDMatchesPath(body, chi.URLParam(r, "accID")); err != nil {
 			return err
 		}
-		var upd struct {
-			Contact []string `json:"contact"`
+		contacts, err := decodeAccountUpdate(payload)
+		if err != nil {
+			return err
 		}
-		if json.Unmarshal(unverifiedPayload(body), &upd) == nil {
-			return checkContacts(upd.Contact)
-		}
+		return checkContacts(contacts)
 	case strings.HasSuffix(route, "/new-order"):
-		var nor struct {
-			Identifiers []struct {
-				Type  string `json:"type"`
-				Value string `json:"value"`
-			} `json:"identifiers"`
-			Replaces string `json:"replaces"`
+		nor, err := decodeNewOrder(payload, spec.Limits.MaxIdentifiersPerOrder, l.now())
+		if err != nil {
+			return err
 		}
-		if json.Unmarshal(unverifiedPayload(body), &nor) != nil {
-			return nil
+		if spec.Kind == KindACME {
+			for _, id := range nor.Identifiers {
+				if err := spec.Policy.Check(id.Type, id.Value); err != nil {
+					return policyProblem(spec, err)
+				}
+			}
 		}
 		if nor.Replaces != "" {
 			if _, err := ari.ParseCertID(nor.Replaces); err != nil {
@@ -73,22 +85,42 @@ func (l *linker) precheck(ctx context.Context, r *http.Request, route string, sp
 			}
 			stateFrom(ctx).replaces = nor.Replaces
 		}
-		for _, id := range nor.Identifiers {
-			if id.Type == "dns" && !plausibleDNSName(id.Value) {
-				return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "%q is not a valid DNS name (labels of at most %d and names of at most %d characters)", truncate(id.Value, 80), maxDNSLabel, maxDNSName)
-			}
-			if spec.Kind == KindACME && !spec.allows(id.Type, id.Value) {
-				return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "%s identifier %q is outside the name policy of provisioner %q", id.Type, truncate(id.Value, 80), spec.Name)
-			}
+		if err := l.rate(ctx, spec.Name+"|new-order|"+client, spec.Limits.NewOrdersPerMinute, "new orders"); err != nil {
+			return err
 		}
+	case strings.HasSuffix(route, "/finalize"):
+		csr, err := decodeFinalize(payload)
+		if err != nil {
+			return err
+		}
+		stateFrom(ctx).csr = csr
 	case strings.HasSuffix(route, "/revoke-cert"):
-		p := unverifiedPayload(body)
-		var obj map[string]json.RawMessage
-		if len(p) > 0 && json.Unmarshal(p, &obj) != nil {
-			return acme.NewDetailedError(acme.ErrorMalformedType, "the revocation request payload must be a JSON object")
+		return decodeRevocation(payload)
+	case strings.HasSuffix(route, "/challenge/{authzID}/{chID}"):
+		// RFC 8555 7.5.1: an empty object; smallstep ignores the content,
+		// but it must at least be an object.
+		if err := checkObject(payload, "keyAuthorization"); err != nil {
+			return malformed("challenge response", err)
 		}
 	}
 	return nil
+}
+
+// policyProblem renders a name-policy refusal.
+func policyProblem(spec *Provisioner, err error) error {
+	return acme.NewDetailedError(acme.ErrorRejectedIdentifierType, "provisioner %q does not issue this: %v", spec.Name, err)
+}
+
+// rate takes a token from a per-client bucket, or refuses with rateLimited
+// and Retry-After (RFC 8555 section 6.6).
+func (l *linker) rate(ctx context.Context, key string, perMinute int, what string) error {
+	ok, wait := l.rates.Allow(key, perMinute)
+	if ok {
+		return nil
+	}
+	secs := int((wait + time.Second - 1) / time.Second)
+	stateFrom(ctx).retryAfter = secs
+	return rateLimited("too many %s from this address (at most %d per minute); retry after %d s", what, perMinute, secs)
 }
 
 // unverifiedPayload returns the JWS payload without verifying it, or nil.

@@ -1,7 +1,12 @@
 package stepca
 
 import (
-	"net/netip"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -68,40 +73,90 @@ func FuzzPrecheckParsers(f *testing.F) {
 	f.Add([]byte("garbage"), "")
 	f.Fuzz(func(t *testing.T, body []byte, accID string) {
 		_ = unverifiedPayload(body)
-		_ = peekCSR(body)
 		_ = checkKIDMatchesPath(body, accID)
 		_ = plausibleDNSName(string(body))
 	})
 }
 
-func TestProvisionerAllows(t *testing.T) {
-	t.Parallel()
-	p := &Provisioner{Kind: KindACME, AllowedDNSSuffixes: []string{"localhost", ".crank.internal"}, AllowedIPRanges: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
-	for _, tc := range []struct {
-		typ, value string
-		ok         bool
-	}{
-		{"dns", "localhost", true},
-		{"dns", "a.localhost", true},
-		{"dns", "x.y.localhost", true},
-		{"dns", "hello.workers.crank.internal", true},
-		{"dns", "crank.internal", true},
-		{"dns", "*.crank.internal", true},
-		{"dns", "LOCALHOST", true},
-		{"dns", "xlocalhost", false},
-		{"dns", "example.com", false},
-		{"ip", "127.0.0.2", true},
-		{"ip", "::1", true},
-		{"ip", "::ffff:127.0.0.1", true},
-		{"ip", "10.0.0.1", false},
-		{"ip", "not-an-ip", false},
+// FuzzDecodeNewOrder: the strict new-order decoder never panics, and what
+// it accepts is something smallstep's lenient decoder reads the same way
+// (same identifiers), so the two cannot disagree about what was ordered.
+func FuzzDecodeNewOrder(f *testing.F) {
+	for _, s := range []string{
+		`{"identifiers":[{"type":"dns","value":"a.localhost"}]}`,
+		`{"identifiers":[{"type":"dns","value":"a.localhost"}],"replaces":1}`,
+		`{"identifiers":[{"type":"ip","value":"127.0.0.1"}],"notBefore":"2026-01-01T00:00:00Z"}`,
+		`{"identifiers":[{"type":"dns","value":"a"}],"Identifiers":[{"type":"dns","value":"b"}]}`,
+		`{"identifiers":[{"type":"dns","value":"a","value":"b"}]}`,
+		`{"identifiers":[]}`, `[]`, `{}`, `null`, ``,
 	} {
-		if got := p.allows(tc.typ, tc.value); got != tc.ok {
-			t.Errorf("allows(%s, %q) = %v, want %v", tc.typ, tc.value, got, tc.ok)
+		f.Add([]byte(s))
+	}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		req, err := decodeNewOrder(raw, 100, now)
+		if err != nil {
+			return
 		}
+		var lenient struct {
+			Identifiers []struct {
+				Type  string `json:"type"`
+				Value string `json:"value"`
+			} `json:"identifiers"`
+		}
+		if err := json.Unmarshal(raw, &lenient); err != nil {
+			t.Fatalf("strict decoder accepted what encoding/json refuses: %v", err)
+		}
+		if len(lenient.Identifiers) != len(req.Identifiers) {
+			t.Fatalf("identifier count differs: strict %d, lenient %d", len(req.Identifiers), len(lenient.Identifiers))
+		}
+		for i, id := range req.Identifiers {
+			if id.Type != lenient.Identifiers[i].Type || id.Value != lenient.Identifiers[i].Value {
+				t.Fatalf("identifier %d differs: strict %+v, lenient %+v", i, id, lenient.Identifiers[i])
+			}
+		}
+	})
+}
+
+// FuzzDecodeFinalize: CSR decoding and checks never panic, and an accepted
+// CSR always carries an accepted key.
+func FuzzDecodeFinalize(f *testing.F) {
+	f.Add([]byte(`{"csr":"MIIB"}`))
+	f.Add([]byte(`{"csr":1}`))
+	f.Add([]byte(`{"csr":"` + base64.RawURLEncoding.EncodeToString(testCSR(f)) + `"}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		csr, err := decodeFinalize(raw)
+		if err != nil {
+			return
+		}
+		if err := checkLeafKey(csr.PublicKey); err != nil {
+			t.Fatalf("accepted a CSR with a refused key: %v", err)
+		}
+	})
+}
+
+// FuzzDecodeOtherPayloads covers the remaining strict decoders.
+func FuzzDecodeOtherPayloads(f *testing.F) {
+	f.Add([]byte(`{"contact":["mailto:a@b"],"termsOfServiceAgreed":true}`))
+	f.Add([]byte(`{"certificate":"AAAA","reason":1}`))
+	f.Add([]byte(`{"status":"deactivated"}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		_, _, _, _ = decodeNewAccount(raw)
+		_, _ = decodeAccountUpdate(raw)
+		_ = decodeRevocation(raw)
+		_ = checkObject(raw, "a")
+	})
+}
+
+func testCSR(tb testing.TB) []byte {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
 	}
-	anyDNS := &Provisioner{Kind: KindACME, AllowAnyDNS: true}
-	if !anyDNS.allows("dns", "example.com") || anyDNS.allows("ip", "10.9.9.9") {
-		t.Error("allowAnyDNS must allow every DNS name and no IP outside allowedIPRanges")
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: []string{"a.localhost"}}, key)
+	if err != nil {
+		tb.Fatal(err)
 	}
+	return der
 }

@@ -27,9 +27,12 @@ type state struct {
 	identity *provisioner.Identity
 	// preauthorized counts authorizations created valid in this new-order.
 	preauthorized int
-	// Set by the linker middleware on finalize.
+	// Set by the linker middleware on finalize: the CSR is decoded and
+	// checked by the precheck, from the very bytes smallstep verifies.
 	orderID string
 	csr     *x509.CertificateRequest
+	// retryAfter, in seconds, is sent with a rateLimited refusal.
+	retryAfter int
 	// replaces is the certID of a new-order's "replaces" field (RFC 9773);
 	// read before smallstep verifies the request, used only after.
 	replaces string

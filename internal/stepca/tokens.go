@@ -40,7 +40,7 @@ func (t *tokenChecker) check(ctx context.Context, spec *Provisioner, kid string)
 		if errors.As(err, &ae) {
 			reason = ae.Detail
 		}
-		t.audit.Warn("join token refused", "provisioner", spec.Name, "worker", info.claims.Worker, "kid", kidPrefix(kid), "reason", reason)
+		t.audit.Warn("join token refused", "provisioner", spec.Name, "worker", info.claims.Worker, "kid", kidDigest(kid), "reason", reason)
 		return tokenInfo{}, err
 	}
 	return info, nil
