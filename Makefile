@@ -6,7 +6,7 @@ CA_DIR    ?= .crank-ca
 TAGS      ?= nobadger nomysql
 GOFLAGS_BUILD = -trimpath -tags '$(TAGS)' -ldflags '-s -w'
 
-.PHONY: all build run test test-short vet lint bench clean
+.PHONY: all build run test test-short vet lint bench fuzz clean
 
 all: build
 
@@ -45,6 +45,12 @@ lint:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# fuzz runs every fuzz target of the module for FUZZTIME each; .ci/fuzz
+# finds them, so targets added later run too. It fails on a crash.
+FUZZTIME ?= 5s
+fuzz:
+	GO='$(GO)' FUZZTIME='$(FUZZTIME)' .ci/fuzz
 
 clean:
 	rm -rf $(BIN)
