@@ -357,3 +357,31 @@ func TestAttackUnknownPaths(t *testing.T) {
 	wantRefused(t, rc.rawDo(http.MethodDelete, c.url+"/acme/adhoc/directory", "", nil), "malformed", http.StatusMethodNotAllowed)
 	wantRefused(t, rc.rawDo(http.MethodPost, c.url+"/acme/adhoc/renewal-info/abc", "application/jose+json", []byte(`{}`)), "malformed", http.StatusMethodNotAllowed)
 }
+
+// TestOrderAfterListingNoPendingOrders: smallstep's own order listing
+// leaves an index its next new-order cannot read once no order is pending,
+// so one POST-as-GET of the orders URL broke the account with 500s. The
+// listing is crank-ca's now; listing then ordering works.
+func TestOrderAfterListingNoPendingOrders(t *testing.T) {
+	t.Parallel()
+	c := newCA(t, nil)
+	c.start()
+	rc := newRawClient(t, c)
+	w := rc.rawRegisterWorker("lister")
+	o := rc.rawNewOrder(w, "lister.workers.crank.internal")
+	csr := rawB64(csrFor(t, newKey(t), "", []string{"lister.workers.crank.internal"}, nil).Raw)
+	if r := rc.rawPost(o.Finalize, rc.rawSigned("workers", w, o.Finalize, rawMarshal(t, map[string]string{"csr": csr}))); r.status != http.StatusOK {
+		t.Fatalf("finalize: %s", r)
+	}
+	for range 2 {
+		if n := rc.orderCount(w); n != 0 {
+			t.Fatalf("%d pending orders listed, want 0", n)
+		}
+		if o := rc.rawNewOrder(w, "lister.workers.crank.internal"); o.Status != "ready" {
+			t.Fatalf("order after listing: %+v", o)
+		}
+		if n := rc.orderCount(w); n != 0 {
+			t.Fatalf("a ready order is listed as pending (%d)", n)
+		}
+	}
+}

@@ -326,6 +326,15 @@ func splitKID(kid string) (payload string, mac []byte, err error) {
 	if len(kid) > maxKIDLen {
 		return "", nil, fmt.Errorf("%w: kid too long", ErrTokenMalformed)
 	}
+	// Only the canonical spelling is a kid: Go's base64 decoders skip CR
+	// and LF, so without this "a\rb" would verify like "ab" while being a
+	// different string to everything keyed by the kid (spent tokens, the
+	// derived EAB key).
+	for i := 0; i < len(kid); i++ {
+		if c := kid[i]; !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return "", nil, fmt.Errorf("%w: kid contains a character outside base64url", ErrTokenMalformed)
+		}
+	}
 	parts := strings.Split(kid, ".")
 	if len(parts) != 3 || parts[0] != kidPrefix {
 		return "", nil, fmt.Errorf("%w: kid must be %q + 2 dot-separated parts", ErrTokenMalformed, kidPrefix+".")

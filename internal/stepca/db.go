@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/smallstep/certificates/acme"
@@ -314,7 +315,58 @@ func (d *acmeDB) CreateOrder(ctx context.Context, o *acme.Order) error {
 	return nil
 }
 
+// GetOrdersByAccountID lists an account's pending orders (RFC 8555 section
+// 7.1.2.1) without smallstep's rewrite of its index, which leaves a value
+// its next new-order cannot parse once nothing is pending. Orders removed by
+// retention are skipped rather than failing the listing.
+func (d *acmeDB) GetOrdersByAccountID(ctx context.Context, accID string) ([]string, error) {
+	return d.listOrders(ctx, accID, false)
+}
+
+// GetAllOrdersByAccountID is GetOrdersByAccountID including ready orders.
+func (d *acmeDB) GetAllOrdersByAccountID(ctx context.Context, accID string) ([]string, error) {
+	return d.listOrders(ctx, accID, true)
+}
+
+func (d *acmeDB) listOrders(ctx context.Context, accID string, includeReady bool) ([]string, error) {
+	ids, err := d.store.AccountOrderIDs(ctx, accID)
+	if err != nil {
+		return nil, acme.WrapErrorISE(err, "error listing orders")
+	}
+	out := []string{}
+	for _, id := range ids {
+		o, err := d.DB.GetOrder(ctx, id)
+		if acme.IsErrNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := o.UpdateStatus(ctx, d); err != nil {
+			return nil, err
+		}
+		if o.Status == acme.StatusPending || (includeReady && o.Status == acme.StatusReady) {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+// createOrder stores the order; an account whose order index an older
+// release left unreadable is repaired once and the order stored again.
 func (d *acmeDB) createOrder(ctx context.Context, o *acme.Order) error {
+	err := d.createOrderOnce(ctx, o)
+	if err == nil || !strings.Contains(err.Error(), "unmarshaling orderIDs") {
+		return err
+	}
+	if repaired, rerr := d.store.RepairOrderIndex(ctx, o.AccountID); rerr != nil || !repaired {
+		return err
+	}
+	d.log.Warn("repaired an unreadable order index", "account", o.AccountID)
+	return d.createOrderOnce(ctx, o)
+}
+
+func (d *acmeDB) createOrderOnce(ctx context.Context, o *acme.Order) error {
 	replaces := stateFrom(ctx).replaces
 	if replaces == "" {
 		return d.DB.CreateOrder(ctx, o)
