@@ -272,28 +272,8 @@ func (p *Provisioner) validateACME(ps *problems, path string) {
 		if pol.AllowAnyDNS && len(pol.AllowedDNSSuffixes) > 0 {
 			ps.addf(path+".policy.allowedDNSSuffixes", "has no effect together with allowAnyDNS; remove one")
 		}
-		seenSuffix := make(map[string]bool)
-		for i, s := range pol.AllowedDNSSuffixes {
-			sp := fmt.Sprintf("%s.policy.allowedDNSSuffixes[%d]", path, i)
-			bare := strings.TrimPrefix(s, ".")
-			if err := checkDNSName(bare); err != nil {
-				ps.addf(sp, "%v", err)
-			} else if seenSuffix[bare] {
-				ps.addf(sp, "duplicate suffix %q", s)
-			}
-			seenSuffix[bare] = true
-		}
-		seenSuffix = make(map[string]bool)
-		for i, s := range pol.DeniedDNSSuffixes {
-			sp := fmt.Sprintf("%s.policy.deniedDNSSuffixes[%d]", path, i)
-			bare := strings.TrimPrefix(s, ".")
-			if err := checkDNSName(bare); err != nil {
-				ps.addf(sp, "%v", err)
-			} else if seenSuffix[bare] {
-				ps.addf(sp, "duplicate suffix %q", s)
-			}
-			seenSuffix[bare] = true
-		}
+		checkSuffixes(ps, path+".policy.allowedDNSSuffixes", pol.AllowedDNSSuffixes)
+		checkSuffixes(ps, path+".policy.deniedDNSSuffixes", pol.DeniedDNSSuffixes)
 		checkCIDRs(ps, path+".policy.allowedIPRanges", pol.AllowedIPRanges)
 	}
 	if e := p.Egress; e != nil {
@@ -310,6 +290,22 @@ func (p *Provisioner) validateACME(ps *problems, path string) {
 		if v.TLSALPN01 < 1 || v.TLSALPN01 > 65535 {
 			ps.addf(path+".validationPorts.tlsalpn01", "must be a port 1-65535; got %d", v.TLSALPN01)
 		}
+	}
+}
+
+// checkSuffixes accepts DNS names with an optional leading dot, without
+// duplicates.
+func checkSuffixes(ps *problems, path string, suffixes []string) {
+	seen := make(map[string]bool)
+	for i, s := range suffixes {
+		sp := fmt.Sprintf("%s[%d]", path, i)
+		bare := strings.TrimPrefix(s, ".")
+		if err := checkDNSName(bare); err != nil {
+			ps.addf(sp, "%v", err)
+		} else if seen[bare] {
+			ps.addf(sp, "duplicate suffix %q", s)
+		}
+		seen[bare] = true
 	}
 }
 

@@ -224,7 +224,10 @@ func TestValidate(t *testing.T) {
 			want: []string{a + ".policy: must allow something"}},
 		{name: "policy empty", mutate: func(c *Config) { c.Provisioners[1].Policy = &NamePolicy{} },
 			want: []string{a + ".policy: must allow something"}},
-		{name: "policy allowAnyDNS alone is valid beside no workers", mutate: func(c *Config) { c.Provisioners = c.Provisioners[1:]; c.Provisioners[0].Policy = &NamePolicy{AllowAnyDNS: true} }},
+		{name: "policy allowAnyDNS alone is valid beside no workers", mutate: func(c *Config) {
+			c.Provisioners = c.Provisioners[1:]
+			c.Provisioners[0].Policy = &NamePolicy{AllowAnyDNS: true}
+		}},
 		{name: "policy IP ranges alone are valid", mutate: func(c *Config) { c.Provisioners[1].Policy = &NamePolicy{AllowedIPRanges: []string{"10.0.0.0/8"}} }},
 		{name: "policy", mutate: func(c *Config) {
 			c.Provisioners[1].Policy = &NamePolicy{
