@@ -178,6 +178,17 @@ func TestAttacksRefused(t *testing.T) {
 			a := &rawAccount{key: newKey(t), prov: "adhoc"}
 			return rc.rawPost(adhocDir.NewAccount, rc.rawSigned("adhoc", a, adhocDir.NewAccount, []byte(`{"termsOfServiceAgreed":true,"agreement":"x"}`)))
 		}},
+		{name: "new-account with 5000 contacts", typ: "invalidContact", do: func(t *testing.T) rawResp {
+			a := &rawAccount{key: newKey(t), prov: "adhoc"}
+			contacts := make([]string, 5000)
+			for i := range contacts {
+				contacts[i] = "mailto:c" + strconv.Itoa(i) + "@example.com"
+			}
+			return rc.rawPost(adhocDir.NewAccount, rc.rawSigned("adhoc", a, adhocDir.NewAccount, rawMarshal(t, map[string]any{"contact": contacts})))
+		}},
+		{name: "account update with a 10 kB contact", typ: "invalidContact", do: func(t *testing.T) rawResp {
+			return rc.rawPost(acc.url, rc.rawSigned("adhoc", acc, acc.url, rawMarshal(t, map[string]any{"contact": []string{"mailto:" + strings.Repeat("a", 10000) + "@example.com"}})))
+		}},
 		{name: "new-account with contact as a string", typ: "malformed", do: func(t *testing.T) rawResp {
 			a := &rawAccount{key: newKey(t), prov: "workers"}
 			return rc.rawPost(workersDir.NewAccount, rc.rawSigned("workers", a, workersDir.NewAccount, []byte(`{"contact":"mailto:a@b"}`)))

@@ -3,6 +3,7 @@ package stepca
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -13,6 +14,12 @@ import (
 
 	"github.com/crank-platform/crank-ca/internal/ari"
 	"github.com/crank-platform/crank-ca/internal/limit"
+)
+
+// Bounds of account contacts: "mailto:" and an RFC 5321 address.
+const (
+	maxContacts   = 4
+	maxContactLen = 7 + 254
 )
 
 // Limits of DNS names (RFC 1035 2.3.4).
@@ -135,12 +142,26 @@ func unverifiedPayload(body []byte) []byte {
 // checkContacts accepts mailto: contacts only (RFC 8555 7.3:
 // unsupportedContact for other schemes).
 func checkContacts(contacts []string) error {
+	// Contacts are stored with the account; bound them so an account
+	// cannot carry a quarter megabyte of them.
+	if len(contacts) > maxContacts {
+		return invalidContact("at most %d contacts, not %d", maxContacts, len(contacts))
+	}
 	for _, c := range contacts {
+		if len(c) > maxContactLen {
+			return invalidContact("a contact is at most %d characters", maxContactLen)
+		}
 		if c != "" && !strings.HasPrefix(strings.ToLower(c), "mailto:") {
 			return acme.NewDetailedError(acme.ErrorUnsupportedContactType, "only mailto: contacts are supported, not %q", truncate(c, 80))
 		}
 	}
 	return nil
+}
+
+// invalidContact is RFC 8555's invalidContact problem; smallstep's
+// ErrorInvalidContactType renders as incorrectResponse.
+func invalidContact(format string, args ...any) *acme.Error {
+	return &acme.Error{Type: "urn:ietf:params:acme:error:invalidContact", Detail: fmt.Sprintf(format, args...), Status: http.StatusBadRequest}
 }
 
 // checkKIDMatchesPath refuses a request to /account/X signed as another
