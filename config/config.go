@@ -3,6 +3,7 @@ package config
 import (
 	"log/slog"
 	"path/filepath"
+	"time"
 )
 
 // Storage types.
@@ -172,6 +173,16 @@ type Provisioner struct {
 	Identities []WorkerIdentity `json:"identities,omitempty"`
 	// JoinTokens defaults to 1h/24h when absent.
 	JoinTokens *JoinTokens `json:"joinTokens,omitempty"`
+	// Attestors let workers join with a JWT their platform already gives
+	// them (a Kubernetes service-account token, an OIDC identity token)
+	// instead of a join token: POST /attest/<provisioner> exchanges it for
+	// one-time EAB credentials. Names are unique DNS labels.
+	Attestors []Attestor `json:"attestors,omitempty"`
+	// MaxBindingAge bounds how long an account bound through an attestor
+	// may order; afterwards the worker attests again, so a stolen account
+	// key dies with it. Accounts bound by join tokens are not affected.
+	// Default 24h; at least 5m.
+	MaxBindingAge Duration `json:"maxBindingAge"`
 
 	// Both types. Limits bound what one client can make the CA do; every
 	// field has a default (see Limits), also when the object is absent.
@@ -226,6 +237,85 @@ type Egress struct {
 	// answer http-01.
 	AllowedIPRanges []string `json:"allowedIPRanges,omitempty"`
 }
+
+// Attestor types.
+const (
+	AttestorKubernetes = "kubernetes"
+	AttestorOIDC       = "oidc"
+)
+
+// Key sources of an attestor.
+const (
+	KeySourceDiscovery   = "discovery"
+	KeySourceJWKSURL     = "jwksURL"
+	KeySourceJWKSFile    = "jwksFile"
+	KeySourceTokenReview = "tokenReview"
+)
+
+// Attestor verifies one issuer's JWTs and maps them to worker identities.
+type Attestor struct {
+	// Name is a DNS label, unique in the provisioner; it names the
+	// attestor in bindings and audit lines.
+	Name string `json:"name"`
+	// Type is "kubernetes" or "oidc".
+	Type string `json:"type"`
+	// Issuer is the exact "iss" of the tokens (an https URL).
+	Issuer string `json:"issuer"`
+	// Audience must be one of the token's "aud"; e.g. "crank-ca".
+	Audience string `json:"audience"`
+	// KeySource is where the signing keys come from: "discovery"
+	// (default; <issuer>/.well-known/openid-configuration -> jwks_uri),
+	// "jwksURL", "jwksFile", or "tokenReview" (no keys: every token is
+	// checked by the API server; kubernetes only).
+	KeySource string `json:"keySource"`
+	JWKSURL   string `json:"jwksURL,omitempty"`
+	JWKSFile  string `json:"jwksFile,omitempty"`
+	// CAFile holds the PEM roots for fetching discovery and keys; default
+	// the system roots.
+	CAFile string `json:"caFile,omitempty"`
+	// MaxTokenAge bounds how old (iat) a token may be. Default 1h.
+	MaxTokenAge Duration `json:"maxTokenAge"`
+
+	// Kubernetes: the service accounts that may attest (required), and
+	// the DNS names of their certificates (placeholders {namespace},
+	// {serviceAccount}, {trustDomain}; default
+	// ["{serviceAccount}.{namespace}.workers.{trustDomain}"]). Their
+	// SPIFFE ID is spiffe://<trustDomain>/ns/<namespace>/sa/<name>.
+	Allow        []ServiceAccountRule `json:"allow,omitempty"`
+	DNSTemplates []string             `json:"dnsTemplates,omitempty"`
+	// TokenReview asks the API server about every token too (required
+	// with keySource "tokenReview").
+	TokenReview *TokenReview `json:"tokenReview,omitempty"`
+
+	// OIDC: Worker renders the worker name from the token ({sub},
+	// {claim:NAME}); it must be a worker of this provisioner. Default
+	// "{sub}".
+	Worker string `json:"worker,omitempty"`
+}
+
+// ServiceAccountRule admits service accounts of one namespace: a name, or
+// "*" for all.
+type ServiceAccountRule struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"serviceAccount"`
+}
+
+// TokenReview reaches a Kubernetes API server's TokenReview API.
+type TokenReview struct {
+	URL string `json:"url"`
+	// CAFile holds the API server's roots; TokenFile the CA's own bearer
+	// token (it needs the system:auth-delegator role).
+	CAFile    string `json:"caFile,omitempty"`
+	TokenFile string `json:"tokenFile"`
+}
+
+// Default attestor settings.
+const (
+	DefaultAttestorMaxTokenAge = time.Hour
+	DefaultK8sDNSTemplate      = "{serviceAccount}.{namespace}.workers.{trustDomain}"
+	DefaultOIDCWorker          = "{sub}"
+	DefaultMaxBindingAge       = 24 * time.Hour
+)
 
 // WorkerPattern admits a family of workers by name and derives their
 // certificate names from templates.

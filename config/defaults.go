@@ -152,6 +152,20 @@ func (p *Provisioner) applyDefaults() {
 		if p.JoinTokens == nil {
 			p.JoinTokens = &JoinTokens{}
 		}
+		setDuration(&p.MaxBindingAge, DefaultMaxBindingAge)
+		for i := range p.Attestors {
+			a := &p.Attestors[i]
+			setString(&a.KeySource, KeySourceDiscovery)
+			setDuration(&a.MaxTokenAge, DefaultAttestorMaxTokenAge)
+			switch a.Type {
+			case AttestorKubernetes:
+				if len(a.DNSTemplates) == 0 {
+					a.DNSTemplates = []string{DefaultK8sDNSTemplate}
+				}
+			case AttestorOIDC:
+				setString(&a.Worker, DefaultOIDCWorker)
+			}
+		}
 		setDuration(&p.JoinTokens.DefaultTTL, DefaultJoinTokenDefaultTTL)
 		setDuration(&p.JoinTokens.MaxTTL, DefaultJoinTokenMaxTTL)
 	case TypeACME:

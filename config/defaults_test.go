@@ -44,10 +44,11 @@ func TestApplyDefaults(t *testing.T) {
 				Provisioners: []Provisioner{
 					{
 						Name: "w", Type: TypeWorkerAttestation,
-						Claims:     Claims{Dur(5 * time.Minute), Dur(24 * time.Hour), Dur(168 * time.Hour)},
-						Workers:    &WorkerPattern{Pattern: "x", SPIFFEIDTemplate: "spiffe://{trustDomain}/worker/{worker}"},
-						JoinTokens: &JoinTokens{DefaultTTL: Dur(time.Hour), MaxTTL: Dur(24 * time.Hour)},
-						Limits:     defaultLimits(),
+						Claims:        Claims{Dur(5 * time.Minute), Dur(24 * time.Hour), Dur(168 * time.Hour)},
+						Workers:       &WorkerPattern{Pattern: "x", SPIFFEIDTemplate: "spiffe://{trustDomain}/worker/{worker}"},
+						JoinTokens:    &JoinTokens{DefaultTTL: Dur(time.Hour), MaxTTL: Dur(24 * time.Hour)},
+						MaxBindingAge: Dur(24 * time.Hour),
+						Limits:        defaultLimits(),
 					},
 					{
 						Name: "a", Type: TypeACME,
@@ -93,9 +94,10 @@ func TestApplyDefaults(t *testing.T) {
 				CRL:          CRL{Interval: Dur(time.Hour)},
 				Provisioners: []Provisioner{{
 					Name: "w", Type: TypeWorkerAttestation,
-					Claims:     Claims{workerClaims.MinCertDuration, workerClaims.DefaultCertDuration, Dur(48 * time.Hour)},
-					JoinTokens: &JoinTokens{DefaultTTL: Dur(time.Hour), MaxTTL: Dur(2 * time.Hour)},
-					Limits:     defaultLimits(),
+					Claims:        Claims{workerClaims.MinCertDuration, workerClaims.DefaultCertDuration, Dur(48 * time.Hour)},
+					JoinTokens:    &JoinTokens{DefaultTTL: Dur(time.Hour), MaxTTL: Dur(2 * time.Hour)},
+					MaxBindingAge: Dur(24 * time.Hour),
+					Limits:        defaultLimits(),
 				}, {
 					Name: "a", Type: TypeACME, Challenges: []string{"dns-01"},
 					Claims:          acmeClaims,

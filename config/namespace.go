@@ -70,6 +70,26 @@ func (c *Config) WorkerNamespaces() []Namespace {
 				ns.SPIFFEPrefixes = append(ns.SPIFFEPrefixes, prefix)
 			}
 		}
+		for _, a := range p.Attestors {
+			if a.Type != AttestorKubernetes {
+				continue // OIDC attestors map to the workers above
+			}
+			ns.SPIFFEPrefixes = append(ns.SPIFFEPrefixes, "spiffe://"+c.TrustDomain+"/ns/")
+			for _, t := range a.DNSTemplates {
+				labels := strings.Split(strings.ReplaceAll(t, "{trustDomain}", c.TrustDomain), ".")
+				at := -1
+				for i, l := range labels {
+					if strings.Contains(l, "{") {
+						at = i
+					}
+				}
+				if at < 0 {
+					ns.DNSNames = append(ns.DNSNames, strings.Join(labels, "."))
+				} else {
+					ns.DNSSuffixes = append(ns.DNSSuffixes, strings.Join(labels[at+1:], "."))
+				}
+			}
+		}
 		for _, id := range p.Identities {
 			ns.DNSNames = append(ns.DNSNames, id.DNSNames...)
 			ns.IPs = appendAddrs(ns.IPs, id.IPs)

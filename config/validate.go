@@ -225,6 +225,18 @@ func (p *Provisioner) validateWorker(ps *problems, path string) {
 			ps.addf(ip+".spiffeID", "must start with \"spiffe://\"")
 		}
 	}
+	if p.MaxBindingAge.Duration < 5*time.Minute {
+		ps.addf(path+".maxBindingAge", "must be at least 5m0s")
+	}
+	seenAttestor := make(map[string]int)
+	for i := range p.Attestors {
+		ap := fmt.Sprintf("%s.attestors[%d]", path, i)
+		if j, dup := seenAttestor[p.Attestors[i].Name]; dup {
+			ps.addf(ap+".name", "duplicate attestor %q (also attestors[%d])", p.Attestors[i].Name, j)
+		}
+		seenAttestor[p.Attestors[i].Name] = i
+		p.Attestors[i].validate(ps, ap)
+	}
 	if jt := p.JoinTokens; jt != nil {
 		if jt.DefaultTTL.Duration <= 0 {
 			ps.addf(path+".joinTokens.defaultTTL", "must be > 0")
@@ -247,6 +259,12 @@ func (p *Provisioner) validateACME(ps *problems, path string) {
 	}
 	if p.JoinTokens != nil {
 		onlyFor("joinTokens")
+	}
+	if len(p.Attestors) > 0 {
+		onlyFor("attestors")
+	}
+	if p.MaxBindingAge.Duration != 0 {
+		onlyFor("maxBindingAge")
 	}
 
 	seen := make(map[string]bool)
@@ -290,6 +308,113 @@ func (p *Provisioner) validateACME(ps *problems, path string) {
 		if v.TLSALPN01 < 1 || v.TLSALPN01 > 65535 {
 			ps.addf(path+".validationPorts.tlsalpn01", "must be a port 1-65535; got %d", v.TLSALPN01)
 		}
+	}
+}
+
+func (a *Attestor) validate(ps *problems, path string) {
+	if !isDNSLabel(a.Name) {
+		ps.addf(path+".name", "must be a DNS label; got %q", a.Name)
+	}
+	if u, err := url.Parse(a.Issuer); err != nil || u.Scheme != "https" || u.Host == "" {
+		ps.addf(path+".issuer", "must be an https URL; got %q", a.Issuer)
+	}
+	if a.Audience == "" {
+		ps.addf(path+".audience", "required (e.g. \"crank-ca\")")
+	}
+	if a.MaxTokenAge.Duration <= 0 || a.MaxTokenAge.Duration > 24*time.Hour {
+		ps.addf(path+".maxTokenAge", "must be > 0 and at most 24h")
+	}
+	switch a.KeySource {
+	case KeySourceDiscovery, KeySourceTokenReview:
+		if a.JWKSURL != "" || a.JWKSFile != "" {
+			ps.addf(path+".keySource", "%q takes neither jwksURL nor jwksFile", a.KeySource)
+		}
+	case KeySourceJWKSURL:
+		if u, err := url.Parse(a.JWKSURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			ps.addf(path+".jwksURL", "must be an https URL with keySource %q", KeySourceJWKSURL)
+		}
+		if a.JWKSFile != "" {
+			ps.addf(path+".jwksFile", "only with keySource %q", KeySourceJWKSFile)
+		}
+	case KeySourceJWKSFile:
+		requirePath(ps, path+".jwksFile", a.JWKSFile)
+		if a.JWKSURL != "" {
+			ps.addf(path+".jwksURL", "only with keySource %q", KeySourceJWKSURL)
+		}
+	default:
+		ps.addf(path+".keySource", "must be one of discovery, jwksURL, jwksFile, tokenReview; got %q", a.KeySource)
+	}
+	if a.KeySource == KeySourceTokenReview && a.TokenReview == nil {
+		ps.addf(path+".tokenReview", "required with keySource %q", KeySourceTokenReview)
+	}
+	switch a.Type {
+	case AttestorKubernetes:
+		if len(a.Allow) == 0 {
+			ps.addf(path+".allow", "list the namespaces and service accounts that may attest")
+		}
+		for i, r := range a.Allow {
+			if !isDNSLabel(r.Namespace) {
+				ps.addf(fmt.Sprintf("%s.allow[%d].namespace", path, i), "must be a namespace name; got %q", r.Namespace)
+			}
+			if r.ServiceAccount != "*" && checkDNSName(r.ServiceAccount) != nil {
+				ps.addf(fmt.Sprintf("%s.allow[%d].serviceAccount", path, i), "must be a service account name or \"*\"; got %q", r.ServiceAccount)
+			}
+		}
+		for i, t := range a.DNSTemplates {
+			if err := checkPlaceholders(t, "namespace", "serviceAccount", "trustDomain"); err != nil {
+				ps.addf(fmt.Sprintf("%s.dnsTemplates[%d]", path, i), "%v", err)
+			}
+		}
+		if tr := a.TokenReview; tr != nil {
+			if u, err := url.Parse(tr.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+				ps.addf(path+".tokenReview.url", "must be an https URL; got %q", tr.URL)
+			}
+			requirePath(ps, path+".tokenReview.tokenFile", tr.TokenFile)
+		}
+		if a.Worker != "" {
+			ps.addf(path+".worker", "only valid for attestor type %q", AttestorOIDC)
+		}
+	case AttestorOIDC:
+		if len(a.Allow) > 0 || len(a.DNSTemplates) > 0 || a.TokenReview != nil || a.KeySource == KeySourceTokenReview {
+			ps.addf(path, "allow, dnsTemplates and tokenReview are only valid for attestor type %q", AttestorKubernetes)
+		}
+		if err := checkPlaceholders(a.Worker, "sub", "claim:*"); err != nil {
+			ps.addf(path+".worker", "%v", err)
+		}
+	default:
+		ps.addf(path+".type", "must be %q or %q; got %q", AttestorKubernetes, AttestorOIDC, a.Type)
+	}
+}
+
+// checkPlaceholders accepts templates whose {...} placeholders are among
+// names ("claim:*" admits any "claim:NAME").
+func checkPlaceholders(t string, names ...string) error {
+	if t == "" {
+		return errors.New("must not be empty")
+	}
+	for rest := t; ; {
+		open := strings.IndexByte(rest, '{')
+		if open < 0 {
+			if strings.Contains(rest, "}") {
+				return fmt.Errorf("unmatched '}' in %q", t)
+			}
+			return nil
+		}
+		end := strings.IndexByte(rest[open:], '}')
+		if end < 0 {
+			return fmt.Errorf("unclosed '{' in %q", t)
+		}
+		name := rest[open+1 : open+end]
+		ok := false
+		for _, n := range names {
+			if n == name || strings.HasSuffix(n, "*") && strings.HasPrefix(name, strings.TrimSuffix(n, "*")) && len(name) > len(n)-1 {
+				ok = true
+			}
+		}
+		if !ok {
+			return fmt.Errorf("unknown placeholder {%s} in %q", name, t)
+		}
+		rest = rest[open+end+1:]
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Join tokens are stateless: everything the CA needs is in the KID and
@@ -121,7 +123,19 @@ type TokenClaims struct {
 	// IssuedAt (second precision) lets the CA refuse tokens minted before a
 	// worker was disabled. Mint sets it.
 	IssuedAt time.Time
+	// Attested tokens (minted by the CA itself after a JWT attestation)
+	// carry the attested identity under the MAC: its SPIFFE ID, with
+	// DNSNames and IPs above as its names (authoritative, not hints), the
+	// attestor, and the pod of a pod-bound Kubernetes token. Worker is then
+	// the identity's display name and need not be a DNS label.
+	SPIFFEID string
+	Attestor string
+	PodName  string
+	PodUID   string
 }
+
+// Attested reports whether the token carries an attested identity.
+func (c TokenClaims) Attested() bool { return c.SPIFFEID != "" }
 
 // Token is a minted join token. HMACKey is a secret; only Encode and
 // HMACKeyString reveal it.
@@ -154,13 +168,59 @@ func (t Token) HMACKeyString() string { return base64.RawURLEncoding.EncodeToStr
 // kidPayload is the signed JSON. Short names keep the KID short; field order
 // is fixed by the struct so minting is deterministic.
 type kidPayload struct {
-	P string   `json:"p"`
-	W string   `json:"w"`
-	E int64    `json:"e"`
-	N string   `json:"n"`
-	D []string `json:"d,omitempty"`
-	I []string `json:"i,omitempty"`
-	T int64    `json:"t,omitempty"`
+	P  string   `json:"p"`
+	W  string   `json:"w"`
+	E  int64    `json:"e"`
+	N  string   `json:"n"`
+	D  []string `json:"d,omitempty"`
+	I  []string `json:"i,omitempty"`
+	T  int64    `json:"t,omitempty"`
+	S  string   `json:"s,omitempty"`
+	A  string   `json:"a,omitempty"`
+	PN string   `json:"pn,omitempty"`
+	PU string   `json:"pu,omitempty"`
+}
+
+// checkAttested validates the attestation fields of a token.
+func checkAttested(worker, spiffeID, attestor, podName, podUID string) error {
+	if spiffeID == "" {
+		if attestor != "" || podName != "" || podUID != "" {
+			return errors.New("attestation fields without a SPIFFE ID")
+		}
+		return nil
+	}
+	if _, err := spiffeid.FromString(spiffeID); err != nil {
+		return fmt.Errorf("SPIFFE ID: %w", err)
+	}
+	if !validWorkerName(attestor) {
+		return errors.New("attested tokens name their attestor")
+	}
+	if !validAttestedWorker(worker) {
+		return fmt.Errorf("%q is not a valid attested worker name", worker)
+	}
+	for _, v := range []string{podName, podUID} {
+		if len(v) > 253 || strings.ContainsFunc(v, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
+			return errors.New("pod name and UID must be printable ASCII of at most 253 bytes")
+		}
+	}
+	return nil
+}
+
+// validAttestedWorker accepts the display names of attested identities:
+// the path of their SPIFFE ID ("ns/team-a/sa/billing") or a worker name.
+func validAttestedWorker(w string) bool {
+	if validWorkerName(w) {
+		return true
+	}
+	if w == "" || len(w) > 512 {
+		return false
+	}
+	for _, seg := range strings.Split(w, "/") {
+		if seg == "" || validateDNSName(seg) != nil && !validWorkerName(seg) {
+			return false
+		}
+	}
+	return true
 }
 
 // checkNameHints validates the DNS names and IPs a token carries.
@@ -194,8 +254,11 @@ func (k *TokenKey) Mint(c TokenClaims) (Token, error) {
 	if err := checkProvisionerName(c.Provisioner); err != nil {
 		return Token{}, fmt.Errorf("mint: %w", err)
 	}
-	if c.Worker != "" && !validWorkerName(c.Worker) {
+	if c.Worker != "" && !validWorkerName(c.Worker) && !c.Attested() {
 		return Token{}, fmt.Errorf("mint: %q is not a valid worker name", c.Worker)
+	}
+	if err := checkAttested(c.Worker, c.SPIFFEID, c.Attestor, c.PodName, c.PodUID); err != nil {
+		return Token{}, fmt.Errorf("mint: %w", err)
 	}
 	exp := c.ExpiresAt.Unix()
 	if !time.Unix(exp, 0).After(time.Now()) {
@@ -219,7 +282,8 @@ func (k *TokenKey) Mint(c TokenClaims) (Token, error) {
 		c.IssuedAt = time.Now()
 	}
 	c.IssuedAt = time.Unix(c.IssuedAt.Unix(), 0).UTC()
-	raw, err := json.Marshal(kidPayload{P: c.Provisioner, W: c.Worker, E: exp, N: c.Nonce, D: c.DNSNames, I: c.IPs, T: c.IssuedAt.Unix()})
+	raw, err := json.Marshal(kidPayload{P: c.Provisioner, W: c.Worker, E: exp, N: c.Nonce, D: c.DNSNames, I: c.IPs, T: c.IssuedAt.Unix(),
+		S: c.SPIFFEID, A: c.Attestor, PN: c.PodName, PU: c.PodUID})
 	if err != nil {
 		return Token{}, fmt.Errorf("mint: %w", err)
 	}
@@ -269,10 +333,12 @@ func decodeClaims(raw []byte) (TokenClaims, error) {
 	if err := dec.Decode(&p); err != nil || dec.More() {
 		return TokenClaims{}, fmt.Errorf("%w: payload is not valid JSON", ErrTokenMalformed)
 	}
-	if checkProvisionerName(p.P) != nil || (p.W != "" && !validWorkerName(p.W)) || p.E <= 0 || !validNonce(p.N) || checkNameHints(p.D, p.I) != nil {
+	if checkProvisionerName(p.P) != nil || (p.W != "" && !validWorkerName(p.W) && p.S == "") || p.E <= 0 || !validNonce(p.N) || checkNameHints(p.D, p.I) != nil ||
+		checkAttested(p.W, p.S, p.A, p.PN, p.PU) != nil {
 		return TokenClaims{}, fmt.Errorf("%w: invalid claims", ErrTokenMalformed)
 	}
-	c := TokenClaims{Provisioner: p.P, Worker: p.W, ExpiresAt: time.Unix(p.E, 0).UTC(), Nonce: p.N, DNSNames: p.D, IPs: p.I}
+	c := TokenClaims{Provisioner: p.P, Worker: p.W, ExpiresAt: time.Unix(p.E, 0).UTC(), Nonce: p.N, DNSNames: p.D, IPs: p.I,
+		SPIFFEID: p.S, Attestor: p.A, PodName: p.PN, PodUID: p.PU}
 	if p.T > 0 {
 		c.IssuedAt = time.Unix(p.T, 0).UTC()
 	}

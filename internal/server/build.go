@@ -1,10 +1,15 @@
 package server
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/crank-platform/crank-ca/config"
 	"github.com/crank-platform/crank-ca/internal/stepca"
@@ -55,6 +60,10 @@ func Provisioners(cfg *config.Config) ([]stepca.Provisioner, error) {
 				continue
 			}
 			sp.Identities = ids
+			sp.MaxBindingAge = p.MaxBindingAge.Duration
+			for _, a := range p.Attestors {
+				sp.Attestors = append(sp.Attestors, a.Name)
+			}
 		case config.TypeACME:
 			sp.Kind = stepca.KindACME
 			sp.Challenges = p.Challenges
@@ -128,6 +137,93 @@ func namePolicy(cfg *config.Config, p *config.Provisioner) (provisioner.NamePoli
 		pol.DeniedIPs = append(pol.DeniedIPs, ns.IPs...)
 	}
 	return pol, nil
+}
+
+// Attestors builds the JWT attestors of a worker-attestation provisioner.
+// Files (keys, roots, the TokenReview token) are read here, so a missing
+// one fails start-up rather than the first attestation.
+func Attestors(cfg *config.Config, p *config.Provisioner, ids *provisioner.Identities, now func() time.Time) ([]*provisioner.JWTAttestor, error) {
+	var (
+		out  []*provisioner.JWTAttestor
+		errs []error
+	)
+	for i, a := range p.Attestors {
+		path := fmt.Sprintf("provisioners %q attestors[%d]", p.Name, i)
+		client, err := httpsClient(cfg.Resolve(a.CAFile))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s.caFile: %w", path, err))
+			continue
+		}
+		ac := provisioner.JWTAttestorConfig{
+			Name: a.Name, Issuer: a.Issuer, Audience: a.Audience,
+			MaxTokenAge: a.MaxTokenAge.Duration, TrustDomain: cfg.TrustDomain,
+			DNSTemplates: a.DNSTemplates, WorkerTemplate: a.Worker, Identities: ids, Now: now,
+		}
+		switch a.KeySource {
+		case config.KeySourceDiscovery:
+			ac.Keys, err = provisioner.NewJWKS(provisioner.JWKSConfig{Discovery: a.Issuer, Client: client, Now: now})
+		case config.KeySourceJWKSURL:
+			ac.Keys, err = provisioner.NewJWKS(provisioner.JWKSConfig{URL: a.JWKSURL, Client: client, Now: now})
+		case config.KeySourceJWKSFile:
+			ac.Keys, err = provisioner.NewJWKS(provisioner.JWKSConfig{File: cfg.Resolve(a.JWKSFile), Now: now})
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
+			continue
+		}
+		switch a.Type {
+		case config.AttestorKubernetes:
+			ac.Kind = provisioner.JWTKubernetes
+			for _, r := range a.Allow {
+				ac.Allow = append(ac.Allow, provisioner.ServiceAccountRule{Namespace: r.Namespace, ServiceAccount: r.ServiceAccount})
+			}
+		case config.AttestorOIDC:
+			ac.Kind = provisioner.JWTOIDC
+		}
+		if tr := a.TokenReview; tr != nil {
+			rc, err := httpsClient(cfg.Resolve(tr.CAFile))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s.tokenReview.caFile: %w", path, err))
+				continue
+			}
+			tok, err := os.ReadFile(cfg.Resolve(tr.TokenFile))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s.tokenReview.tokenFile: %w", path, err))
+				continue
+			}
+			rv, err := provisioner.NewKubernetesTokenReviewer(provisioner.TokenReviewConfig{URL: tr.URL, BearerToken: strings.TrimSpace(string(tok)), Client: rc})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", path, err))
+				continue
+			}
+			ac.Reviewer = rv
+		}
+		att, err := provisioner.NewJWTAttestor(ac)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
+			continue
+		}
+		out = append(out, att)
+	}
+	return out, errors.Join(errs...)
+}
+
+// httpsClient fetches keys and asks API servers: bounded in time, TLS 1.2+,
+// the roots of caFile or the system's, no proxy from the environment.
+func httpsClient(caFile string) (*http.Client, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+		}
+		tc.RootCAs = pool
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, Proxy: nil}}, nil
 }
 
 // Storage translates the storage settings for the adapter.

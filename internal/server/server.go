@@ -18,6 +18,7 @@ import (
 	"github.com/crank-platform/crank-ca/config"
 	"github.com/crank-platform/crank-ca/internal/admin"
 	"github.com/crank-platform/crank-ca/internal/ari"
+	"github.com/crank-platform/crank-ca/internal/attest"
 	"github.com/crank-platform/crank-ca/internal/pki"
 	"github.com/crank-platform/crank-ca/internal/stepca"
 	"github.com/crank-platform/crank-ca/internal/store"
@@ -50,6 +51,7 @@ type Server struct {
 	handler  http.Handler
 	retainer *store.Retainer
 	admin    *admin.API
+	attest   *attest.Handler
 	tokenKey *provisioner.TokenKey
 	ready    *readiness
 }
@@ -136,6 +138,10 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 		return nil, err
 	}
 	s.admin = api
+	if s.attest, err = newAttest(cfg, provs, key, sca, d.Logger, d.Audit, now); err != nil {
+		_ = sca.Close()
+		return nil, err
+	}
 	s.handler = s.routes()
 	return s, nil
 }
@@ -259,6 +265,7 @@ func (s *Server) Close() error { return s.stepca.Close() }
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/acme/", degraded(s.ready, s.stepca.Handler()))
+	mux.Handle(attest.Prefix, degraded(s.ready, s.attest))
 	mux.Handle(admin.Prefix+"/", s.admin.Handler())
 	mux.HandleFunc("GET /roots.pem", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/crank-platform/crank-ca/internal/ari"
@@ -47,6 +48,11 @@ type Provisioner struct {
 
 	// Identities is required for KindWorkers.
 	Identities *provisioner.Identities
+	// Attestors names the JWT attestors of a worker provisioner: accounts
+	// bound through one stay usable only while it is configured, and for
+	// MaxBindingAge after binding.
+	Attestors     []string
+	MaxBindingAge time.Duration
 
 	// Limits bound what one client can make the CA do.
 	Limits Limits
@@ -76,6 +82,27 @@ type Limits struct {
 	MaxPendingOrdersPerAccount int
 	NewAccountsPerMinute       int
 	NewOrdersPerMinute         int
+}
+
+// identity resolves the identity of a token or binding: the attested
+// identity it carries (while its attestor is still configured), or else the
+// configured worker it names.
+func (p *Provisioner) identity(worker, attestor, spiffeID string, dnsNames, ips []string) (provisioner.Identity, error) {
+	if spiffeID == "" {
+		id, err := p.Identities.Lookup(worker)
+		if err != nil {
+			return provisioner.Identity{}, fmt.Errorf("worker %q is not a known identity", worker)
+		}
+		return id, nil
+	}
+	if !slices.Contains(p.Attestors, attestor) {
+		return provisioner.Identity{}, fmt.Errorf("attestor %q is no longer configured on provisioner %q", attestor, p.Name)
+	}
+	id, err := provisioner.AttestedIdentity(worker, spiffeID, dnsNames, ips)
+	if err != nil {
+		return provisioner.Identity{}, fmt.Errorf("the attested identity of %q is not valid: %w", worker, err)
+	}
+	return id, nil
 }
 
 // usesTokens reports whether accounts of p register with crank-ca's

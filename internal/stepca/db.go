@@ -86,14 +86,20 @@ func (d *acmeDB) UpdateExternalAccountKey(ctx context.Context, provID string, ea
 	if spec == nil || !spec.usesTokens() {
 		return d.DB.UpdateExternalAccountKey(ctx, provID, eak)
 	}
-	b := store.Binding{AccountID: eak.AccountID, Provisioner: spec.Name, Worker: eak.Reference, KID: eak.ID, BoundAt: eak.BoundAt}
+	b := store.Binding{AccountID: eak.AccountID, Provisioner: spec.Name, Worker: eak.Reference, KID: eak.ID, BoundAt: d.now().UTC()}
 	// The kid was verified moments ago in this request; without the
 	// precheck's record, read its expiry as of the epoch so that a token
 	// expiring right now still records one.
+	var claims provisioner.TokenClaims
 	if t := stateFrom(ctx).token; t != nil && t.kid == eak.ID {
-		b.TokenExpiresAt = t.claims.ExpiresAt
-	} else if claims, _, err := d.tokens.key.Verify(eak.ID, time.Unix(0, 0)); err == nil {
-		b.TokenExpiresAt = claims.ExpiresAt
+		claims = t.claims
+	} else if c, _, err := d.tokens.key.Verify(eak.ID, time.Unix(0, 0)); err == nil {
+		claims = c
+	}
+	b.TokenExpiresAt = claims.ExpiresAt
+	if claims.Attested() {
+		b.Attestor, b.SPIFFEID, b.DNSNames, b.IPs = claims.Attestor, claims.SPIFFEID, claims.DNSNames, claims.IPs
+		b.PodName, b.PodUID = claims.PodName, claims.PodUID
 	}
 	switch err := d.store.Bind(ctx, b); {
 	case errors.Is(err, store.ErrTokenUsed):
@@ -102,7 +108,14 @@ func (d *acmeDB) UpdateExternalAccountKey(ctx context.Context, provID string, ea
 	case err != nil:
 		return acme.WrapErrorISE(err, "error binding account")
 	}
-	d.audit.Info("account bound", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID, "kid", kidDigest(b.KID))
+	attrs := []any{"provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID, "kid", kidDigest(b.KID)}
+	if b.Attestor != "" {
+		attrs = append(attrs, "attestor", b.Attestor, "spiffeID", b.SPIFFEID)
+		if b.PodName != "" {
+			attrs = append(attrs, "pod", b.PodName, "podUID", b.PodUID)
+		}
+	}
+	d.audit.Info("account bound", attrs...)
 	return nil
 }
 
@@ -142,9 +155,9 @@ func (d *acmeDB) GetExternalAccountKeyByAccountID(ctx context.Context, provID, a
 	if spec.Kind != KindWorkers {
 		return nil, nil //nolint:nilnil // smallstep reads nil as "no account policy"
 	}
-	id, err := spec.Identities.Lookup(b.Worker)
+	id, err := spec.identity(b.Worker, b.Attestor, b.SPIFFEID, b.DNSNames, b.IPs)
 	if err != nil {
-		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)
+		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "%v", err)
 	}
 	st.identity = &id
 	return &acme.ExternalAccountKey{
@@ -169,6 +182,11 @@ func (d *acmeDB) bindingUsable(ctx context.Context, b store.Binding) error {
 	}
 	if ws.Disabled {
 		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is disabled", b.Worker)
+	}
+	if spec := d.specs["acme/"+b.Provisioner]; spec != nil && b.Attestor != "" && spec.MaxBindingAge > 0 {
+		if age := d.now().Sub(b.BoundAt); age > spec.MaxBindingAge {
+			return acme.NewDetailedError(acme.ErrorUnauthorizedType, "the account was bound by attestation %s ago, more than maxBindingAge %s; attest again for a new account", age.Round(time.Second), spec.MaxBindingAge)
+		}
 	}
 	if !ws.DisabledAt.IsZero() && !b.BoundAt.After(ws.DisabledAt) {
 		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q was disabled after this account was bound; a new join token is needed", b.Worker)

@@ -73,9 +73,9 @@ func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.
 		return nil, err
 	}
 	st.binding = &b
-	id, err := f.spec.Identities.Lookup(b.Worker)
+	id, err := f.spec.identity(b.Worker, b.Attestor, b.SPIFFEID, b.DNSNames, b.IPs)
 	if err != nil {
-		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is no longer a known identity", b.Worker)
+		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "%v", err)
 	}
 	return append(opts, leafProfile{identity: id}, issuanceValidator{identity: &id}), nil
 }

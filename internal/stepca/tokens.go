@@ -65,9 +65,9 @@ func (t *tokenChecker) decide(ctx context.Context, spec *Provisioner, kid string
 		if claims.Worker == "" {
 			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "the token names no worker")
 		}
-		id, err := spec.Identities.Lookup(claims.Worker)
+		id, err := spec.identity(claims.Worker, claims.Attestor, claims.SPIFFEID, claims.DNSNames, claims.IPs)
 		if err != nil {
-			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "worker %q is not a known identity", claims.Worker)
+			return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "%v", err)
 		}
 		info.identity = &id
 		ws, err := t.store.Worker(ctx, spec.Name, claims.Worker)

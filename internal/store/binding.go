@@ -38,6 +38,26 @@ type Binding struct {
 	// TokenExpiresAt lets retention forget the spent token once it could
 	// not be used anyway.
 	TokenExpiresAt time.Time `json:"tokenExpiresAt,omitzero"`
+	// An account bound through a JWT attestation records the attested
+	// identity itself (it is not a configured worker) and where it came
+	// from; its binding ages out after the provisioner's maxBindingAge.
+	Attestor string   `json:"attestor,omitempty"`
+	SPIFFEID string   `json:"spiffeID,omitempty"`
+	DNSNames []string `json:"dnsNames,omitempty"`
+	IPs      []string `json:"ips,omitempty"`
+	PodName  string   `json:"podName,omitempty"`
+	PodUID   string   `json:"podUID,omitempty"`
+}
+
+// SpendJTI records the "jti" of an attestation JWT as used, so that one
+// token attests once, also across replicas: ErrTokenUsed on a replay.
+// Retention forgets it once the token has expired.
+func (s *Store) SpendJTI(ctx context.Context, issuer, jti string, expires time.Time) error {
+	val, err := json.Marshal(Binding{KID: "jti", TokenExpiresAt: expires.UTC()})
+	if err != nil {
+		return fmt.Errorf("store: encode jti: %w", err)
+	}
+	return s.spend(ctx, tokenUseKey("jti\x00"+issuer+"\x00"+jti), val)
 }
 
 // Config configures a Store.
