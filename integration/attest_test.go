@@ -434,3 +434,57 @@ func TestAttestBindingAge(t *testing.T) {
 		t.Fatalf("enrol after re-attestation: %v", err)
 	}
 }
+
+// TestAttestDisabledIdentity: an operator disables an attested Kubernetes
+// identity by its name; its account stops ordering and attestation is
+// refused; once enabled again, the old account stays dead (it was bound
+// before the disable) and a fresh attestation works.
+func TestAttestDisabledIdentity(t *testing.T) {
+	t.Parallel()
+	o, k8s := newOIDCIssuer(t), newOIDCIssuer(t)
+	c := attestCA(t, o, k8s, nil)
+	c.start()
+	tok := func() string {
+		return k8s.token("system:serviceaccount:team-a:billing", tokenOpts{extra: k8sClaims("team-a", "billing", "")})
+	}
+	r := c.attest(t, "workers", tok())
+	if r.status != http.StatusCreated {
+		t.Fatalf("attest: %d %s", r.status, r.body)
+	}
+	cl, u := c.newLego("workers", nil)
+	reg, err := cl.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{TermsOfServiceAgreed: true, Kid: r.creds.KID, HmacEncoded: r.creds.HMACKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.reg = reg
+	if _, err := obtain(t, c, cl.Certificate, r.creds.DNSNames...); err != nil {
+		t.Fatal(err)
+	}
+	name := "ns%2Fteam-a%2Fsa%2Fbilling"
+	if st := c.admin(t, http.MethodPost, "/workers/workers/"+name+"/disable", nil, nil); st != http.StatusOK {
+		t.Fatalf("disable: %d", st)
+	}
+	if _, err := obtain(t, c, cl.Certificate, r.creds.DNSNames...); err == nil {
+		t.Fatal("a disabled identity's account still orders")
+	}
+	if got := c.attest(t, "workers", tok()); got.status != http.StatusUnauthorized || got.check != "disabled" {
+		t.Fatalf("attestation of a disabled identity: %d %q %s", got.status, got.check, got.body)
+	}
+	if st := c.admin(t, http.MethodPost, "/workers/workers/"+name+"/enable", nil, nil); st != http.StatusOK {
+		t.Fatalf("enable: %d", st)
+	}
+	c.clock.Advance(time.Second) // bindings must be newer than the disable
+	if _, err := obtain(t, c, cl.Certificate, r.creds.DNSNames...); err == nil {
+		t.Fatal("the account bound before the disable orders again")
+	}
+	fresh := c.attest(t, "workers", tok())
+	if fresh.status != http.StatusCreated {
+		t.Fatalf("re-attest: %d %s", fresh.status, fresh.body)
+	}
+	if _, err := c.enrolWithCredentials(t, "workers", fresh); err != nil {
+		t.Fatalf("enrol after enable: %v\n%s", err, rawTail(c.logs.String(), 10))
+	}
+	if st := c.admin(t, http.MethodPost, "/workers/workers/ns%2Fteam-z%2Fsa%2Fx/disable", nil, nil); st != http.StatusNotFound {
+		t.Errorf("disabling an identity no attestor admits: %d, want 404", st)
+	}
+}

@@ -214,7 +214,7 @@ func (h *Handler) attest(ctx context.Context, r *http.Request, p Provisioner) (C
 		return Credentials{}, att, &provisioner.AttestationError{Check: "disabled", Reason: fmt.Sprintf("worker %q is disabled", id.Worker)}
 	}
 	claims := provisioner.TokenClaims{
-		Provisioner: p.Name, Worker: id.Worker, ExpiresAt: h.deps.Now().Add(CredentialTTL),
+		Provisioner: p.Name, Worker: id.Worker, ExpiresAt: h.deps.Now().Add(CredentialTTL), IssuedAt: h.deps.Now(),
 		DNSNames: id.DNSNames, SPIFFEID: id.SPIFFEID.String(), Attestor: att.Attestor,
 		PodName: att.PodName, PodUID: att.PodUID,
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/crank-platform/crank-ca/config"
@@ -230,7 +231,7 @@ func (o operator) SetWorkerDisabled(ctx context.Context, prov, worker string, di
 	if err != nil {
 		return admin.Worker{}, err
 	}
-	if _, err := ids.Lookup(worker); err != nil {
+	if _, err := ids.Lookup(worker); err != nil && !attestedName(p, worker) {
 		return admin.Worker{}, admin.Errorf(admin.ErrNotFound, "%v", err)
 	}
 	if _, err := o.s.stepca.Store().SetWorkerDisabled(ctx, prov, worker, disabled); err != nil {
@@ -252,4 +253,25 @@ func (o operator) SetWorkerDisabled(ctx context.Context, prov, worker string, di
 		}
 	}
 	return admin.Worker{}, fmt.Errorf("worker %s/%s vanished from the listing", prov, worker)
+}
+
+// attestedName reports whether worker is the name of an identity a
+// Kubernetes attestor of p can attest ("ns/<namespace>/sa/<name>"), so that
+// an operator can disable it, also before it first attests.
+func attestedName(p *config.Provisioner, worker string) bool {
+	parts := strings.Split(worker, "/")
+	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" || parts[1] == "" || parts[3] == "" {
+		return false
+	}
+	for _, a := range p.Attestors {
+		if a.Type != config.AttestorKubernetes {
+			continue
+		}
+		for _, r := range a.Allow {
+			if r.Namespace == parts[1] && (r.ServiceAccount == "*" || r.ServiceAccount == parts[3]) {
+				return true
+			}
+		}
+	}
+	return false
 }
