@@ -173,7 +173,7 @@ func (j *JWKS) get(ctx context.Context, u string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Accept", "application/json, application/jwk-set+json")
 	resp, err := j.cfg.Client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", u, err)
