@@ -111,6 +111,31 @@ type Admin struct {
 	// "admin/operator.key".
 	CertFile string `json:"certFile"`
 	KeyFile  string `json:"keyFile"`
+	// Controllers are restricted clients of the API: each may only mint
+	// join tokens, for one worker-attestation provisioner and worker names
+	// matching a pattern, so that a launcher (the Crank controller) can
+	// hand each worker it starts its token with no operator in the loop
+	// and no way to mint outside its pattern. Default none.
+	Controllers []Controller `json:"controllers,omitempty"`
+}
+
+// Controller delegates minting join tokens for a family of workers to the
+// holder of one client certificate.
+type Controller struct {
+	// SPIFFEID is the controller's identity, the single URI SAN of its
+	// client certificate (`crank-ca admin cert --spiffe-id`). Same rules
+	// as admin.spiffeIDs; it must not be an admin ID too, so a credential
+	// has exactly one role.
+	SPIFFEID string `json:"spiffeID"`
+	// Provisioner is the worker-attestation provisioner it mints for.
+	Provisioner string `json:"provisioner"`
+	// WorkerPattern is a Go regexp over worker names, implicitly anchored
+	// (^(?:pattern)$) like workers.pattern, so "build-[0-9]+" cannot match
+	// "evil-build-1-x".
+	WorkerPattern string `json:"workerPattern"`
+	// MaxTTL bounds the lifetime of the tokens it mints. Default, and at
+	// most, the provisioner's joinTokens.maxTTL.
+	MaxTTL Duration `json:"maxTTL,omitzero"`
 }
 
 // ARI shapes the renewal windows the CA suggests (RFC 9773). Each

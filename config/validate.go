@@ -594,18 +594,11 @@ func isLowerAlnum(r rune) bool {
 
 func (c *Config) validateOperations(ps *problems) {
 	for i, id := range c.Admin.SPIFFEIDs {
-		path := fmt.Sprintf("admin.spiffeIDs[%d]", i)
-		u, err := url.Parse(id)
-		if err != nil || u.Scheme != "spiffe" || u.Host == "" || u.Path == "" || u.Path == "/" || u.RawQuery != "" || u.Fragment != "" {
-			ps.addf(path, "must be a SPIFFE ID such as spiffe://%s/admin/operator, got %q", DefaultTrustDomain, id)
-		} else if u.Host == c.TrustDomain && strings.HasPrefix(u.Path, "/worker/") {
-			ps.addf(path, "%q is a worker identity; admin IDs must not be workers", id)
-		} else if name, ok := c.workerSPIFFEOwner(id); ok {
-			ps.addf(path, "%q is inside the SPIFFE namespace of worker provisioner %q; admin IDs must not be workers", id, name)
-		}
+		c.checkPrincipalID(ps, fmt.Sprintf("admin.spiffeIDs[%d]", i), id, "admin", "admin/operator")
 	}
 	requirePath(ps, "admin.certFile", c.Admin.CertFile)
 	requirePath(ps, "admin.keyFile", c.Admin.KeyFile)
+	c.validateControllers(ps)
 	a := c.ARI
 	if a.BandStartPercent < 1 || a.BandEndPercent > 100 || a.BandStartPercent >= a.BandEndPercent {
 		ps.addf("ari", "need 1 <= bandStartPercent < bandEndPercent <= 100, got %d and %d", a.BandStartPercent, a.BandEndPercent)
@@ -619,4 +612,91 @@ func (c *Config) validateOperations(ps *problems) {
 	if c.CRL.Interval.Duration < MinCRLInterval {
 		ps.addf("crl.interval", "must be at least %v", MinCRLInterval)
 	}
+}
+
+// checkPrincipalID applies the rules shared by admin and controller IDs: a
+// SPIFFE ID (any trust domain), and never one a worker can hold, because
+// worker certificates chain to the same root and carry clientAuth.
+func (c *Config) checkPrincipalID(ps *problems, path, id, role, example string) {
+	u, err := url.Parse(id)
+	if err != nil || u.Scheme != "spiffe" || u.Host == "" || u.Path == "" || u.Path == "/" || u.RawQuery != "" || u.Fragment != "" {
+		ps.addf(path, "must be a SPIFFE ID such as spiffe://%s/%s, got %q", DefaultTrustDomain, example, id)
+	} else if u.Host == c.TrustDomain && strings.HasPrefix(u.Path, "/worker/") {
+		ps.addf(path, "%q is a worker identity; %s IDs must not be workers", id, role)
+	} else if name, ok := c.workerSPIFFEOwner(id); ok {
+		ps.addf(path, "%q is inside the SPIFFE namespace of worker provisioner %q; %s IDs must not be workers", id, name, role)
+	}
+}
+
+// validateControllers checks admin.controllers. A controller's reach is
+// exactly what these fields say, so each must be unambiguous: one role per
+// ID, a real worker provisioner, an anchored pattern that compiles, and a
+// TTL bound no looser than the provisioner's own.
+func (c *Config) validateControllers(ps *problems) {
+	admins := make(map[string]bool, len(c.Admin.SPIFFEIDs))
+	for _, id := range c.Admin.SPIFFEIDs {
+		admins[id] = true
+	}
+	seen := make(map[string]int, len(c.Admin.Controllers))
+	for i, ctl := range c.Admin.Controllers {
+		path := fmt.Sprintf("admin.controllers[%d]", i)
+		idPath := path + ".spiffeID"
+		switch j, dup := seen[ctl.SPIFFEID]; {
+		case ctl.SPIFFEID == "":
+			ps.addf(idPath, "required")
+		case admins[ctl.SPIFFEID]:
+			ps.addf(idPath, "%q is also in admin.spiffeIDs; a controller must not be an admin", ctl.SPIFFEID)
+		case dup:
+			ps.addf(idPath, "duplicate controller %q (also admin.controllers[%d])", ctl.SPIFFEID, j)
+		default:
+			seen[ctl.SPIFFEID] = i
+			c.checkPrincipalID(ps, idPath, ctl.SPIFFEID, "controller", "controller/crank")
+		}
+		p, ok := c.Provisioner(ctl.Provisioner)
+		switch {
+		case ctl.Provisioner == "":
+			ps.addf(path+".provisioner", "required: the worker-attestation provisioner it mints join tokens for")
+		case !ok:
+			ps.addf(path+".provisioner", "no provisioner named %q", ctl.Provisioner)
+		case p.Type != TypeWorkerAttestation:
+			ps.addf(path+".provisioner", "%q is not a worker-attestation provisioner; controllers mint join tokens for workers", ctl.Provisioner)
+		}
+		if ctl.WorkerPattern == "" {
+			ps.addf(path+".workerPattern", "required: a Go regexp over worker names, such as \"build-[0-9]+\"")
+		} else if _, err := regexp.Compile(anchorPattern(ctl.WorkerPattern)); err != nil {
+			ps.addf(path+".workerPattern", "not a valid regexp: %v", err)
+		}
+		if ctl.MaxTTL.Duration < 0 {
+			ps.addf(path+".maxTTL", "must not be negative")
+		} else if ok && p.Type == TypeWorkerAttestation {
+			if _, limit := c.ControllerTTLs(ctl); ctl.MaxTTL.Duration > limit {
+				ps.addf(path+".maxTTL", "%v exceeds joinTokens.maxTTL (%v) of provisioner %q", ctl.MaxTTL.Duration, limit, ctl.Provisioner)
+			}
+		}
+	}
+}
+
+// anchorPattern anchors a worker pattern (^(?:pattern)$), so that it must
+// match a whole name rather than any part of one.
+func anchorPattern(pattern string) string { return "^(?:" + pattern + ")$" }
+
+// ControllerTTLs returns the default and maximum lifetime of the join tokens
+// ctl may mint: its maxTTL, or else its provisioner's joinTokens.maxTTL, and
+// the provisioner's joinTokens.defaultTTL capped at that maximum, so that a
+// request without a TTL never exceeds the controller's bound. Built-in
+// defaults stand in for settings ApplyDefaults has not filled in.
+func (c *Config) ControllerTTLs(ctl Controller) (defaultTTL, maxTTL time.Duration) {
+	defaultTTL, maxTTL = DefaultJoinTokenDefaultTTL, DefaultJoinTokenMaxTTL
+	if p, ok := c.Provisioner(ctl.Provisioner); ok && p.JoinTokens != nil {
+		if d := p.JoinTokens.DefaultTTL.Duration; d > 0 {
+			defaultTTL = d
+		}
+		if d := p.JoinTokens.MaxTTL.Duration; d > 0 {
+			maxTTL = d
+		}
+	}
+	if d := ctl.MaxTTL.Duration; d > 0 && d < maxTTL {
+		maxTTL = d
+	}
+	return min(defaultTTL, maxTTL), maxTTL
 }

@@ -310,6 +310,44 @@ func TestValidate(t *testing.T) {
 		{name: "validation ports", mutate: func(c *Config) { c.Provisioners[1].ValidationPorts = &ValidationPorts{HTTP01: -1, TLSALPN01: 70000} },
 			want: []string{a + ".validationPorts.http01: must be a port 1-65535; got -1", a + ".validationPorts.tlsalpn01: must be a port 1-65535; got 70000"}},
 		{name: "validation ports valid", mutate: func(c *Config) { c.Provisioners[1].ValidationPorts = &ValidationPorts{HTTP01: 5002, TLSALPN01: 5001} }},
+		{name: "controllers valid", mutate: func(c *Config) {
+			c.Admin.Controllers = []Controller{
+				{SPIFFEID: "spiffe://crank.internal/controller/crank", Provisioner: "workers", WorkerPattern: "build-[0-9]+", MaxTTL: Dur(time.Hour)},
+				{SPIFFEID: "spiffe://ci.example/launcher", Provisioner: "workers", WorkerPattern: "ci-[a-z0-9]+", MaxTTL: Dur(24 * time.Hour)},
+				{SPIFFEID: "spiffe://crank.internal/controller/default-ttl", Provisioner: "workers", WorkerPattern: "x"},
+			}
+		}},
+		{name: "controllers", mutate: func(c *Config) {
+			c.Admin.Controllers = []Controller{
+				{},
+				{SPIFFEID: "spiffe://crank.internal/admin/operator", Provisioner: "adhoc", WorkerPattern: "build-("},
+				{SPIFFEID: "spiffe://crank.internal/worker/ctl", Provisioner: "nope", WorkerPattern: "a", MaxTTL: Dur(48 * time.Hour)},
+				{SPIFFEID: "https://crank.internal/controller", Provisioner: "workers", WorkerPattern: "a", MaxTTL: Dur(48 * time.Hour)},
+				{SPIFFEID: "spiffe://crank.internal/controller/a", Provisioner: "workers", WorkerPattern: "a", MaxTTL: Dur(-time.Minute)},
+				{SPIFFEID: "spiffe://crank.internal/controller/a", Provisioner: "workers", WorkerPattern: "b"},
+			}
+		}, want: []string{
+			"admin.controllers[0].spiffeID: required",
+			"admin.controllers[0].provisioner: required",
+			"admin.controllers[0].workerPattern: required",
+			`admin.controllers[1].spiffeID: "spiffe://crank.internal/admin/operator" is also in admin.spiffeIDs; a controller must not be an admin`,
+			`admin.controllers[1].provisioner: "adhoc" is not a worker-attestation provisioner`,
+			"admin.controllers[1].workerPattern: not a valid regexp",
+			`admin.controllers[2].spiffeID: "spiffe://crank.internal/worker/ctl" is a worker identity; controller IDs must not be workers`,
+			`admin.controllers[2].provisioner: no provisioner named "nope"`,
+			`admin.controllers[3].spiffeID: must be a SPIFFE ID such as spiffe://crank.internal/controller/crank, got "https://crank.internal/controller"`,
+			`admin.controllers[3].maxTTL: 48h0m0s exceeds joinTokens.maxTTL (24h0m0s) of provisioner "workers"`,
+			"admin.controllers[4].maxTTL: must not be negative",
+			`admin.controllers[5].spiffeID: duplicate controller "spiffe://crank.internal/controller/a" (also admin.controllers[4])`,
+		}},
+		{name: "controller maxTTL bounded by a custom joinTokens.maxTTL", mutate: func(c *Config) {
+			c.Provisioners[0].JoinTokens = &JoinTokens{DefaultTTL: Dur(10 * time.Minute), MaxTTL: Dur(30 * time.Minute)}
+			c.Admin.Controllers = []Controller{{SPIFFEID: "spiffe://crank.internal/controller/crank", Provisioner: "workers", WorkerPattern: "build-[0-9]+", MaxTTL: Dur(time.Hour)}}
+		}, want: []string{`admin.controllers[0].maxTTL: 1h0m0s exceeds joinTokens.maxTTL (30m0s) of provisioner "workers"`}},
+		{name: "controller ID inside a custom worker SPIFFE namespace", mutate: func(c *Config) {
+			c.Provisioners[0].Workers.SPIFFEIDTemplate = "spiffe://{trustDomain}/svc/{worker}"
+			c.Admin.Controllers = []Controller{{SPIFFEID: "spiffe://crank.internal/svc/crank", Provisioner: "workers", WorkerPattern: "build-[0-9]+"}}
+		}, want: []string{`admin.controllers[0].spiffeID: "spiffe://crank.internal/svc/crank" is inside the SPIFFE namespace of worker provisioner "workers"; controller IDs must not be workers`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -385,4 +423,35 @@ func errorsUnwrapOnce(err error) error {
 		return u.Unwrap()
 	}
 	return err
+}
+
+// TestControllerTTLs: a controller's token lifetimes never exceed its own
+// bound or its provisioner's, whichever is tighter, and the default follows.
+func TestControllerTTLs(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name             string
+		joinTokens       *JoinTokens
+		maxTTL           time.Duration
+		wantDef, wantMax time.Duration
+	}{
+		{name: "provisioner defaults", wantDef: DefaultJoinTokenDefaultTTL, wantMax: DefaultJoinTokenMaxTTL},
+		{name: "own bound below the default", maxTTL: 10 * time.Minute, wantDef: 10 * time.Minute, wantMax: 10 * time.Minute},
+		{name: "own bound above the default", maxTTL: 2 * time.Hour, wantDef: DefaultJoinTokenDefaultTTL, wantMax: 2 * time.Hour},
+		{name: "custom provisioner", joinTokens: &JoinTokens{DefaultTTL: Dur(5 * time.Minute), MaxTTL: Dur(20 * time.Minute)}, wantDef: 5 * time.Minute, wantMax: 20 * time.Minute},
+		{name: "own bound above the provisioner's", joinTokens: &JoinTokens{DefaultTTL: Dur(5 * time.Minute), MaxTTL: Dur(20 * time.Minute)}, maxTTL: time.Hour, wantDef: 5 * time.Minute, wantMax: 20 * time.Minute},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default(InitOptions{})
+			if tt.joinTokens != nil {
+				c.Provisioners[0].JoinTokens = tt.joinTokens
+			}
+			def, maxTTL := c.ControllerTTLs(Controller{Provisioner: c.Provisioners[0].Name, MaxTTL: Dur(tt.maxTTL)})
+			if def != tt.wantDef || maxTTL != tt.wantMax {
+				t.Errorf("ControllerTTLs = %v, %v; want %v, %v", def, maxTTL, tt.wantDef, tt.wantMax)
+			}
+		})
+	}
 }

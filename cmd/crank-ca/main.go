@@ -55,6 +55,9 @@ Operator commands (admin API of the running server, over mutual TLS):
   crank-ca admin cert --config FILE --name NAME [--lifetime DURATION] [--out DIR]
     issues an operator certificate for spiffe://<trustDomain>/admin/NAME from
     the local intermediate; list that ID in admin.spiffeIDs to let it in.
+  crank-ca admin cert --config FILE --spiffe-id ID [--lifetime DURATION] [--out DIR]
+    the same for an ID already in admin.spiffeIDs or admin.controllers (a
+    controller may only mint join tokens within its limits).
 `
 
 func main() {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"io"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/crank-platform/crank-ca/config"
 	"github.com/crank-platform/crank-ca/internal/admin"
 	"github.com/crank-platform/crank-ca/internal/setup"
 )
@@ -88,6 +91,9 @@ func TestUsageErrors(t *testing.T) {
 		{"certs", "list", "extra", "--config", "x.json"},
 		{"admin", "cert", "--config", "x.json", "--name", "Bad_Name"},
 		{"admin", "cert", "--config", "x.json", "--name", "ok", "--lifetime", "-1h"},
+		{"admin", "cert", "--config", "x.json", "--name", "ok", "--spiffe-id", "spiffe://crank.internal/controller/crank"},
+		{"admin", "cert", "--config", "x.json", "--spiffe-id", "https://crank.internal/controller/crank"},
+		{"admin", "cert", "--config", "x.json", "--spiffe-id", "spiffe://crank.internal"},
 		{"admin"},
 		{"token", "create", "--worker", "api"},
 	} {
@@ -166,5 +172,64 @@ func TestTokenCreateFallsBack(t *testing.T) {
 	stderr.Reset()
 	if code := run([]string{"admin", "cert", "--config", cfg, "--name", "operator", "--out", out}, io.Discard, &stderr); code != 0 || stderr.Len() != 0 {
 		t.Errorf("admin cert --name operator: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// TestAdminCertSPIFFEID: --spiffe-id issues a client-only certificate for a
+// configured controller, named after the ID's last segment, and refuses an
+// ID the configuration does not name (such as a worker's).
+func TestAdminCertSPIFFEID(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	res, err := setup.Init(setup.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(res.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ctlID = "spiffe://crank.internal/controller/crank"
+	cfg.Admin.Controllers = []config.Controller{{SPIFFEID: ctlID, Provisioner: "workers", WorkerPattern: "build-[0-9]+", MaxTTL: config.Dur(time.Hour)}}
+	cfgPath := filepath.Join(dir, "with-controller.json")
+	if err := cfg.Write(cfgPath); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		id         string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{name: "controller", id: ctlID, wantStdout: "Issued a controller certificate for " + ctlID},
+		{name: "admin", id: "spiffe://crank.internal/admin/operator", wantStdout: "Issued an operator certificate"},
+		{name: "worker", id: "spiffe://crank.internal/worker/build-1", wantCode: 1, wantStderr: "neither in admin.spiffeIDs nor in admin.controllers"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			out := filepath.Join(t.TempDir(), "certs")
+			var stdout, stderr bytes.Buffer
+			code := run([]string{"admin", "cert", "--config", cfgPath, "--spiffe-id", tt.id, "--out", out}, &stdout, &stderr)
+			if code != tt.wantCode || !strings.Contains(stdout.String(), tt.wantStdout) || !strings.Contains(stderr.String(), tt.wantStderr) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d, %q, %q", code, stdout.String(), stderr.String(), tt.wantCode, tt.wantStdout, tt.wantStderr)
+			}
+			if tt.wantCode != 0 {
+				return
+			}
+			base := tt.id[strings.LastIndex(tt.id, "/")+1:]
+			pair, err := tls.LoadX509KeyPair(filepath.Join(out, base+".crt"), filepath.Join(out, base+".key"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaf, err := x509.ParseCertificate(pair.Certificate[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(leaf.URIs) != 1 || leaf.URIs[0].String() != tt.id || !slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}) {
+				t.Errorf("certificate URIs %v, EKU %v; want exactly %s, clientAuth only", leaf.URIs, leaf.ExtKeyUsage, tt.id)
+			}
+		})
 	}
 }

@@ -1,7 +1,8 @@
 package main
 
 // The operator commands: clients of the admin API (internal/adminclient)
-// and `admin cert`, which issues operator certificates locally.
+// and `admin cert`, which issues operator and controller certificates
+// locally.
 
 import (
 	"context"
@@ -443,7 +444,8 @@ var adminNameRE = regexp.MustCompile(`^[a-z0-9-]+$`)
 func cmdAdminCert(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("admin cert", stderr)
 	path := fs.String("config", "", "configuration file (required)")
-	name := fs.String("name", "", "operator name: the certificate is for spiffe://<trustDomain>/admin/NAME (required)")
+	name := fs.String("name", "", "operator name: the certificate is for spiffe://<trustDomain>/admin/NAME")
+	rawID := fs.String("spiffe-id", "", "instead of --name: any SPIFFE ID in admin.spiffeIDs or admin.controllers (files named after its last path segment)")
 	lifetime := fs.Duration("lifetime", setup.AdminCertLifetime, "certificate lifetime")
 	out := fs.String("out", "", "directory for NAME.crt and NAME.key (default: admin/ next to the configuration)")
 	if err := parse(fs, args); err != nil {
@@ -452,7 +454,17 @@ func cmdAdminCert(args []string, stdout, stderr io.Writer) error {
 	if *path == "" {
 		return fmt.Errorf("%w: --config is required", errUsage)
 	}
-	if !adminNameRE.MatchString(*name) || len(*name) > 63 {
+	switch {
+	case *rawID != "" && *name != "":
+		return fmt.Errorf("%w: give --name or --spiffe-id, not both", errUsage)
+	case *rawID != "":
+		id, err := spiffeid.FromString(*rawID)
+		if err != nil || id.Path() == "" {
+			return fmt.Errorf("%w: --spiffe-id must be a SPIFFE ID with a path, such as spiffe://%s/controller/crank", errUsage, config.DefaultTrustDomain)
+		}
+		segs := strings.Split(id.Path(), "/")
+		*name = segs[len(segs)-1] // file names: SPIFFE segments are [A-Za-z0-9._-], never . or ..
+	case !adminNameRE.MatchString(*name) || len(*name) > 63:
 		return fmt.Errorf("%w: --name must be 1 to 63 of a-z, 0-9 and -", errUsage)
 	}
 	if *lifetime <= 0 {
@@ -462,11 +474,7 @@ func cmdAdminCert(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
-	if err != nil {
-		return fmt.Errorf("trustDomain: %w", err)
-	}
-	id, err := spiffeid.FromSegments(td, "admin", *name)
+	id, role, err := adminCertID(cfg, *path, *name, *rawID)
 	if err != nil {
 		return err
 	}
@@ -482,16 +490,40 @@ func cmdAdminCert(args []string, stdout, stderr io.Writer) error {
 	if err := setup.WriteAdminCert(ca, id, *lifetime, certPath, keyPath); err != nil {
 		return fmt.Errorf("admin cert: %w", err)
 	}
-	fmt.Fprintf(stdout, "Issued an operator certificate for %s\n", id)
+	fmt.Fprintf(stdout, "Issued %s certificate for %s\n", role, id)
 	if notAfter, err := leafNotAfter(certPath); err == nil {
 		fmt.Fprintf(stdout, "  valid until: %s\n", ts(notAfter))
 	}
 	fmt.Fprintf(stdout, "  certificate: %s\n  key:         %s\n", certPath, keyPath)
-	if !slices.Contains(cfg.Admin.SPIFFEIDs, id.String()) {
+	if *rawID == "" && !slices.Contains(cfg.Admin.SPIFFEIDs, id.String()) {
 		fmt.Fprintf(stderr, "crank-ca: %s is not in admin.spiffeIDs of %s: add it there and restart `crank-ca serve` before using this certificate\n", id, *path)
 	}
 	fmt.Fprintf(stdout, "Use it with --admin-cert %s --admin-key %s\n", certPath, keyPath)
 	return nil
+}
+
+// adminCertID returns the identity `admin cert` issues for, and its role in
+// words. --name is always an operator under /admin/. --spiffe-id must
+// already be configured as an admin or controller: validation has then
+// kept it out of every worker namespace, so the command cannot be used to
+// mint a client certificate that impersonates a worker.
+func adminCertID(cfg *config.Config, cfgPath, name, rawID string) (spiffeid.ID, string, error) {
+	if rawID == "" {
+		td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+		if err != nil {
+			return spiffeid.ID{}, "", fmt.Errorf("trustDomain: %w", err)
+		}
+		id, err := spiffeid.FromSegments(td, "admin", name)
+		return id, "an operator", err
+	}
+	id := spiffeid.RequireFromString(rawID) // checked by the caller
+	if slices.Contains(cfg.Admin.SPIFFEIDs, id.String()) {
+		return id, "an operator", nil
+	}
+	if slices.ContainsFunc(cfg.Admin.Controllers, func(c config.Controller) bool { return c.SPIFFEID == id.String() }) {
+		return id, "a controller", nil
+	}
+	return spiffeid.ID{}, "", fmt.Errorf("%s is neither in admin.spiffeIDs nor in admin.controllers of %s: configure it there first", id, cfgPath)
 }
 
 func leafNotAfter(path string) (time.Time, error) {

@@ -18,6 +18,9 @@ type Config struct {
 	// Admins are the SPIFFE IDs allowed to use the API; at least one is
 	// required. A client certificate must name one of them exactly.
 	Admins []spiffeid.ID
+	// Controllers may only mint join tokens within their limits (see
+	// Controller). Optional; an ID must not also be in Admins.
+	Controllers []Controller
 	// Logger receives operational events, such as the real cause of a 500.
 	// nil discards.
 	Logger *slog.Logger
@@ -29,6 +32,7 @@ type Config struct {
 type API struct {
 	op      Operator
 	admins  map[string]struct{} // SPIFFE ID strings
+	ctls    map[string]*controller
 	log     *slog.Logger
 	audit   *slog.Logger
 	csrf    *http.CrossOriginProtection
@@ -53,6 +57,10 @@ func New(cfg Config) (*API, error) {
 		}
 		admins[id.String()] = struct{}{}
 	}
+	ctls, err := newControllers(cfg.Controllers, admins)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -65,6 +73,7 @@ func New(cfg Config) (*API, error) {
 	a := &API{
 		op:     cfg.Operator,
 		admins: admins,
+		ctls:   ctls,
 		log:    cfg.Logger,
 		audit:  cfg.Audit,
 		csrf:   http.NewCrossOriginProtection(),

@@ -197,15 +197,22 @@ func newTestCA(t *testing.T) *pki.CA {
 
 func newEnv(t *testing.T, op *fakeOperator) *env {
 	t.Helper()
+	return newEnvWith(t, op, nil)
+}
+
+// newEnvWith is newEnv with controllers besides the admin.
+func newEnvWith(t *testing.T, op *fakeOperator, controllers []admin.Controller) *env {
+	t.Helper()
 	e := &env{ca: newTestCA(t), op: op, log: &syncBuffer{}, audit: &syncBuffer{}}
 	e.roots = x509.NewCertPool()
 	e.roots.AddCert(e.ca.Root)
 
 	api, err := admin.New(admin.Config{
-		Operator: op,
-		Admins:   []spiffeid.ID{spiffeid.RequireFromString(adminID)},
-		Logger:   slog.New(slog.NewJSONHandler(e.log, nil)),
-		Audit:    slog.New(slog.NewJSONHandler(e.audit, nil)),
+		Operator:    op,
+		Admins:      []spiffeid.ID{spiffeid.RequireFromString(adminID)},
+		Controllers: controllers,
+		Logger:      slog.New(slog.NewJSONHandler(e.log, nil)),
+		Audit:       slog.New(slog.NewJSONHandler(e.audit, nil)),
 	})
 	if err != nil {
 		t.Fatalf("admin.New: %v", err)
@@ -863,5 +870,264 @@ func TestPlainHTTPIsUnauthenticated(t *testing.T) {
 	checkProblem(t, r, http.StatusUnauthorized, admin.ProblemUnauthorized)
 	if len(op.Calls()) != 0 {
 		t.Error("Operator was called")
+	}
+}
+
+const controllerID = "spiffe://crank.internal/controller/crank"
+
+// buildController may mint for workers build-N of provisioner workers, for
+// at most an hour, half an hour by default.
+func buildController() admin.Controller {
+	return admin.Controller{
+		ID:            spiffeid.RequireFromString(controllerID),
+		Provisioner:   "workers",
+		WorkerPattern: "build-[0-9]+",
+		MaxTTL:        time.Hour,
+		DefaultTTL:    30 * time.Minute,
+	}
+}
+
+// TestController checks what a controller may do (mint inside its limits)
+// and that everything else is a 403 naming those limits, while an admin
+// beside it keeps every power.
+func TestController(t *testing.T) {
+	t.Parallel()
+	const scope = controllerID + ` is a controller: it may only mint join tokens (POST /admin/v1/tokens) for provisioner "workers" and workers matching ^(?:build-[0-9]+)$, with a ttl of at most 1h0m0s`
+	asController := func(t *testing.T, e *env) *tls.Certificate {
+		return clientCert(t, e.ca, controllerID, time.Hour, time.Now())
+	}
+	asAdmin := func(t *testing.T, e *env) *tls.Certificate {
+		return clientCert(t, e.ca, adminID, time.Hour, time.Now())
+	}
+	mint := func(prov, worker, ttl string) []call {
+		return []call{{"MintToken", []any{admin.TokenRequest{Provisioner: prov, Worker: worker, TTL: ttl}}}}
+	}
+	tests := []struct {
+		name       string
+		cert       func(t *testing.T, e *env) *tls.Certificate // default asController
+		method     string
+		path       string
+		body       string
+		wantStatus int
+		wantDetail string // exact, for problems
+		wantCalls  []call
+		wantAudit  []string // substrings of the audit record
+	}{
+		{
+			name: "mint inside the pattern", method: "POST", path: "/tokens",
+			body:       `{"provisioner":"workers","worker":"build-7","ttl":"10m"}`,
+			wantStatus: http.StatusCreated, wantCalls: mint("workers", "build-7", "10m"),
+			wantAudit: []string{`"controller":"` + controllerID + `"`, `"outcome":"ok"`, `"worker":"build-7"`, `"ttl":"10m"`, `"expires_at":`},
+		},
+		{
+			name: "defaults: own provisioner and default TTL", method: "POST", path: "/tokens",
+			body:       `{"worker":"build-8"}`,
+			wantStatus: http.StatusCreated, wantCalls: mint("workers", "build-8", "30m0s"),
+			wantAudit: []string{`"provisioner":"workers"`, `"ttl":"30m0s"`},
+		},
+		{
+			name: "TTL at the maximum", method: "POST", path: "/tokens",
+			body:       `{"worker":"build-9","ttl":"60m"}`,
+			wantStatus: http.StatusCreated, wantCalls: mint("workers", "build-9", "60m"),
+		},
+		{
+			name: "worker outside the pattern", method: "POST", path: "/tokens",
+			body:       `{"worker":"web-1"}`,
+			wantStatus: http.StatusForbidden, wantDetail: `worker "web-1" does not match the controller's pattern; ` + scope,
+			wantAudit: []string{`"controller":"` + controllerID + `"`, `"outcome":"denied"`, `"worker":"web-1"`, `"detail":"worker \"web-1\" does not match`},
+		},
+		{
+			name: "pattern is anchored at the start", method: "POST", path: "/tokens",
+			body:       `{"worker":"evil-build-1"}`,
+			wantStatus: http.StatusForbidden, wantDetail: `worker "evil-build-1" does not match the controller's pattern; ` + scope,
+		},
+		{
+			name: "pattern is anchored at the end", method: "POST", path: "/tokens",
+			body:       `{"worker":"build-1-x"}`,
+			wantStatus: http.StatusForbidden, wantDetail: `worker "build-1-x" does not match the controller's pattern; ` + scope,
+		},
+		{
+			name: "another provisioner", method: "POST", path: "/tokens",
+			body:       `{"provisioner":"other","worker":"build-7"}`,
+			wantStatus: http.StatusForbidden, wantDetail: `provisioner "other" is not the controller's; ` + scope,
+		},
+		{
+			name: "EAB credentials (no worker)", method: "POST", path: "/tokens",
+			body:       `{"provisioner":"workers"}`,
+			wantStatus: http.StatusForbidden, wantDetail: "a worker name is required; " + scope,
+		},
+		{
+			name: "TTL above the maximum", method: "POST", path: "/tokens",
+			body:       `{"worker":"build-7","ttl":"61m"}`,
+			wantStatus: http.StatusForbidden, wantDetail: "ttl 1h1m0s exceeds the controller's maximum; " + scope,
+		},
+		{
+			name: "zero TTL would mean the provisioner's default", method: "POST", path: "/tokens",
+			body:       `{"worker":"build-7","ttl":"0s"}`,
+			wantStatus: http.StatusBadRequest, wantDetail: "ttl: 0s must be positive",
+		},
+		{
+			name: "TTL not a duration", method: "POST", path: "/tokens",
+			body:       `{"worker":"build-7","ttl":"soon"}`,
+			wantStatus: http.StatusBadRequest, wantDetail: `ttl: time: invalid duration "soon"`,
+		},
+		{
+			name: "malformed body", method: "POST", path: "/tokens",
+			body:       `{"worker":"build-7","secret":"x"}`,
+			wantStatus: http.StatusBadRequest, wantDetail: `invalid request: request body: json: unknown field "secret"`,
+		},
+		{name: "list workers", method: "GET", path: "/workers", wantStatus: http.StatusForbidden, wantDetail: scope},
+		{name: "list accounts", method: "GET", path: "/accounts", wantStatus: http.StatusForbidden, wantDetail: scope},
+		{name: "list certificates", method: "GET", path: "/certificates?worker=build-7", wantStatus: http.StatusForbidden, wantDetail: scope},
+		{name: "revoke", method: "POST", path: "/revoke", body: `{"worker":"build-7"}`, wantStatus: http.StatusForbidden, wantDetail: scope},
+		{name: "rotate", method: "POST", path: "/rotate", body: `{"worker":"build-7"}`, wantStatus: http.StatusForbidden, wantDetail: scope},
+		{name: "disable", method: "POST", path: "/workers/workers/build-7/disable", wantStatus: http.StatusForbidden, wantDetail: scope},
+		{name: "enable", method: "POST", path: "/workers/workers/build-7/enable", wantStatus: http.StatusForbidden, wantDetail: scope},
+		{name: "unknown route is not a 404", method: "GET", path: "/admin/cert", wantStatus: http.StatusForbidden, wantDetail: scope},
+		{name: "wrong method is not a 405", method: "GET", path: "/tokens", wantStatus: http.StatusForbidden, wantDetail: scope},
+		{name: "trailing slash", method: "POST", path: "/tokens/", body: `{"worker":"build-7"}`, wantStatus: http.StatusForbidden, wantDetail: scope},
+		{
+			name: "controller ID on a worker-shaped (serverAuth) certificate", method: "POST", path: "/tokens",
+			cert:       func(t *testing.T, e *env) *tls.Certificate { return workerShapedCert(t, e.ca, controllerID) },
+			body:       `{"worker":"build-7"}`,
+			wantStatus: http.StatusForbidden,
+			wantDetail: controllerID + " presented a server certificate; operator and controller certificates are client-only",
+			wantAudit:  []string{`"client":"` + controllerID + `"`},
+		},
+		{
+			name: "admin mints outside every controller's limits", method: "POST", path: "/tokens", cert: asAdmin,
+			body:       `{"provisioner":"other","worker":"web-1","ttl":"48h"}`,
+			wantStatus: http.StatusCreated, wantCalls: mint("other", "web-1", "48h"),
+			wantAudit: []string{`"admin":"` + adminID + `"`},
+		},
+		{
+			name: "admin lists workers", method: "GET", path: "/workers", cert: asAdmin,
+			wantStatus: http.StatusOK, wantCalls: []call{{Method: "Workers"}},
+		},
+		{
+			name: "admin disables a worker", method: "POST", path: "/workers/workers/build-7/disable", cert: asAdmin,
+			wantStatus: http.StatusOK, wantCalls: []call{{"SetWorkerDisabled", []any{"workers", "build-7", true}}},
+		},
+		{
+			name: "admin revokes", method: "POST", path: "/revoke", cert: asAdmin, body: `{"worker":"build-7"}`,
+			wantStatus: http.StatusOK, wantCalls: []call{{"Revoke", []any{admin.RevokeRequest{Worker: "build-7"}}}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnvWith(t, &fakeOperator{}, []admin.Controller{buildController()})
+			cert := tt.cert
+			if cert == nil {
+				cert = asController
+			}
+			r := mustDo(t, e.client(t, cert(t, e)), tt.method, e.url+admin.Prefix+tt.path, tt.body, nil)
+			if tt.wantStatus >= 400 {
+				wantType := admin.ProblemForbidden
+				if tt.wantStatus == http.StatusBadRequest {
+					wantType = admin.ProblemInvalid
+				}
+				if p := checkProblem(t, r, tt.wantStatus, wantType); p.Detail != tt.wantDetail {
+					t.Errorf("detail\n %q\nwant\n %q", p.Detail, tt.wantDetail)
+				}
+			} else if r.status != tt.wantStatus {
+				t.Fatalf("status %d, want %d; body %s", r.status, tt.wantStatus, r.body)
+			}
+			if diff := cmp.Diff(tt.wantCalls, e.op.Calls()); diff != "" {
+				t.Errorf("Operator calls (-want +got):\n%s", diff)
+			}
+			audit := e.audit.String()
+			if n := strings.Count(audit, `"msg":"admin request"`); n != 1 {
+				t.Errorf("%d audit records, want 1:\n%s", n, audit)
+			}
+			for _, want := range tt.wantAudit {
+				if !strings.Contains(audit, want) {
+					t.Errorf("audit record lacks %s:\n%s", want, audit)
+				}
+			}
+			if tt.cert == nil && strings.Contains(audit, `"admin":`) {
+				t.Errorf("audit record names the controller an admin:\n%s", audit)
+			}
+			if strings.Contains(audit, hmacSecret) || strings.Contains(audit, tokenSecret) {
+				t.Errorf("audit record contains a secret:\n%s", audit)
+			}
+		})
+	}
+}
+
+// A controller is not an admin, so an Operator attributing its records by
+// AdminID does not mistake it for one.
+func TestControllerIsNotAdminID(t *testing.T) {
+	t.Parallel()
+	e := newEnvWith(t, &fakeOperator{}, []admin.Controller{buildController()})
+	c := e.client(t, clientCert(t, e.ca, controllerID, time.Hour, time.Now()))
+	if r := mustDo(t, c, "POST", e.url+admin.Prefix+"/tokens", `{"worker":"build-1"}`, nil); r.status != http.StatusCreated {
+		t.Fatalf("status %d, want 201; body %s", r.status, r.body)
+	}
+	if diff := cmp.Diff([]string{""}, e.op.Admins()); diff != "" {
+		t.Errorf("AdminID seen by the Operator (-want +got):\n%s", diff)
+	}
+}
+
+func TestNewControllers(t *testing.T) {
+	t.Parallel()
+	with := func(mutate func(c *admin.Controller)) admin.Controller {
+		c := buildController()
+		mutate(&c)
+		return c
+	}
+	tests := []struct {
+		name        string
+		controllers []admin.Controller
+		wantErr     []string // substrings; nil means success
+	}{
+		{name: "valid", controllers: []admin.Controller{buildController()}},
+		{name: "default TTL may be zero", controllers: []admin.Controller{with(func(c *admin.Controller) { c.DefaultTTL = 0 })}},
+		{
+			name:        "also an admin",
+			controllers: []admin.Controller{with(func(c *admin.Controller) { c.ID = spiffeid.RequireFromString(adminID) })},
+			wantErr:     []string{"Controllers[0]: " + adminID + " is also an admin"},
+		},
+		{
+			name:        "duplicate",
+			controllers: []admin.Controller{buildController(), buildController()},
+			wantErr:     []string{"Controllers[1]: duplicate controller " + controllerID},
+		},
+		{
+			name:        "empty",
+			controllers: []admin.Controller{{}},
+			wantErr:     []string{"Controllers[0]: ID is empty", "Provisioner is required", "WorkerPattern is required", "MaxTTL must be positive"},
+		},
+		{
+			name: "bad pattern and TTLs",
+			controllers: []admin.Controller{with(func(c *admin.Controller) {
+				c.WorkerPattern, c.DefaultTTL = "build-(", 2*time.Hour
+			})},
+			wantErr: []string{"Controllers[0]: WorkerPattern: error parsing regexp", "DefaultTTL must be within [0, MaxTTL]"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			api, err := admin.New(admin.Config{
+				Operator:    &fakeOperator{},
+				Admins:      []spiffeid.ID{spiffeid.RequireFromString(adminID)},
+				Controllers: tt.controllers,
+			})
+			if tt.wantErr == nil {
+				if err != nil || api == nil {
+					t.Fatalf("New = %v, %v; want a usable API", api, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("New succeeded; want an error")
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
 	}
 }

@@ -14,9 +14,16 @@
 // still reach the ACME endpoints without one while anything presented is
 // verified, expiry included, during the handshake. [API.Handler] then
 // requires, on every route, a verified chain whose leaf carries exactly one
-// URI SAN naming a SPIFFE ID listed in [Config.Admins]; without a verified
-// certificate the answer is 401, with a certificate of anyone else (a worker,
-// say) it is 403. State-changing requests that a browser marks as
+// URI SAN naming a SPIFFE ID listed in [Config.Admins] or
+// [Config.Controllers]; without a verified certificate the answer is 401,
+// with a certificate of anyone else (a worker, say) it is 403.
+//
+// Admins may do everything. A [Controller] may only mint join tokens
+// (POST /tokens) for its provisioner and worker names matching its
+// pattern, with a bounded TTL; anything else, every other route included,
+// is a 403 whose detail says what the controller may do. That decision is
+// made in one function (authorize), before routing and again once the token
+// request is decoded. State-changing requests that a browser marks as
 // cross-origin are refused as well, so a browser holding an admin
 // certificate cannot be used for cross-site request forgery.
 //
@@ -27,7 +34,7 @@
 // lives in one function (problemFor).
 //
 // Every request, allowed or not, yields one "admin request" record on the
-// audit stream (admin ID, method, path, status, outcome and what was asked
-// for). Response bodies are never logged, so the secrets in a
+// audit stream (admin or controller ID, method, path, status, outcome, what
+// was asked for and, for a refusal, why). Response bodies are never logged, so the secrets in a
 // [TokenResponse] stay out of both logs.
 package admin

@@ -5,14 +5,23 @@ import (
 )
 
 // mintToken serves POST /tokens. The response carries secrets, so only
-// what was asked for and when it expires is audited.
+// what was asked for and when it expires is audited. A controller's request
+// is completed with its defaults and authorized before the Operator sees
+// it, and the audit record shows the completed request.
 func (a *API) mintToken(r *http.Request) (int, any, error) {
 	var req TokenRequest
 	if err := decodeJSON(r, &req); err != nil {
 		return 0, nil, err
 	}
 	ctx := r.Context()
+	p := principalOf(ctx)
+	if p.ctl != nil {
+		req = p.ctl.complete(req)
+	}
 	note(ctx, "provisioner", req.Provisioner, "worker", req.Worker, "ttl", req.TTL)
+	if err := a.authorize(p, action{route: mintRoute, token: &req}); err != nil {
+		return 0, nil, err
+	}
 	resp, err := a.op.MintToken(ctx, req)
 	if err != nil {
 		return 0, nil, err

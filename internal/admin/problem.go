@@ -70,6 +70,11 @@ func (a *API) writeProblem(w http.ResponseWriter, r *http.Request, err error) {
 		a.log.ErrorContext(r.Context(), "admin: request failed",
 			"method", r.Method, "path", r.URL.Path, "error", err)
 	}
+	if p.Status == http.StatusUnauthorized || p.Status == http.StatusForbidden {
+		// Why a client was refused belongs in the audit record: for a
+		// controller it names the limit it ran into.
+		note(r.Context(), "detail", p.Detail)
+	}
 	body, _ := json.Marshal(p) // a struct of strings and an int always encodes
 	writeBody(w, p.Status, problemContentType, body)
 }

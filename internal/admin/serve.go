@@ -14,8 +14,8 @@ import (
 
 // requestInfo is what one request accumulates for its audit record.
 type requestInfo struct {
-	admin spiffeid.ID // set once authorized
-	peer  spiffeid.ID // the client's ID when it is not an admin
+	who   principal   // set once authenticated
+	peer  spiffeid.ID // the client's ID when it is neither admin nor controller
 	attrs []any       // what was asked for and done, as slog key/value pairs
 }
 
@@ -23,13 +23,23 @@ type requestInfoKey struct{}
 
 // AdminID returns the SPIFFE ID of the admin on whose behalf ctx, the
 // context of a request served by the API, is running, so that an Operator
-// can attribute its own records.
+// can attribute its own records. It reports false for a controller's
+// request: a controller is not an admin.
 func AdminID(ctx context.Context) (spiffeid.ID, bool) {
 	info, ok := ctx.Value(requestInfoKey{}).(*requestInfo)
-	if !ok || info.admin.IsZero() {
+	if !ok || info.who.id.IsZero() || info.who.ctl != nil {
 		return spiffeid.ID{}, false
 	}
-	return info.admin, true
+	return info.who.id, true
+}
+
+// principalOf returns the authenticated client of ctx, the context of a
+// request that passed serve.
+func principalOf(ctx context.Context) principal {
+	if info, ok := ctx.Value(requestInfoKey{}).(*requestInfo); ok {
+		return info.who
+	}
+	return principal{}
 }
 
 // note adds key/value pairs to the request's audit record. Never pass
@@ -40,9 +50,9 @@ func note(ctx context.Context, args ...any) {
 	}
 }
 
-// serve authenticates every request before routing it, so that nothing
-// about the API, not even which routes exist, is visible to anyone but an
-// admin, and audits it whatever the outcome.
+// serve authenticates and authorizes every request before routing it, so
+// that nothing about the API, not even which routes exist, is visible to
+// anyone but an admin, and audits it whatever the outcome.
 func (a *API) serve(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	info := &requestInfo{}
@@ -50,46 +60,56 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w}
 	defer func() { a.record(r, rec.status, info, time.Since(start)) }()
 
-	id, err := a.authenticate(r)
+	p, err := a.authenticate(r)
 	if err != nil {
-		info.peer = id
+		info.peer = p.id
 		a.writeProblem(rec, r, err)
 		return
 	}
-	info.admin = id
+	info.who = p
 	if err := a.csrf.Check(r); err != nil {
 		a.writeProblem(rec, r, Errorf(errForbidden, "cross-origin browser request refused"))
+		return
+	}
+	// Authorize on the route the mux will actually pick, not on a second
+	// reading of the path.
+	_, route := a.mux.Handler(r)
+	if err := a.authorize(p, action{route: route}); err != nil {
+		a.writeProblem(rec, r, err)
 		return
 	}
 	a.mux.ServeHTTP(rec, r)
 }
 
-// authenticate returns the admin ID of the client. The TLS handshake has
-// already verified the certificate chain against the CA root (and its
-// expiry and clientAuth usage); what remains is whose certificate it is.
-// On errForbidden it also returns the client's ID if it has one.
-func (a *API) authenticate(r *http.Request) (spiffeid.ID, error) {
+// authenticate returns who the client is: an admin or a controller. The
+// TLS handshake has already verified the certificate chain against the CA
+// root (and its expiry and clientAuth usage); what remains is whose
+// certificate it is. What the client may do is authorize's business. On
+// errForbidden it also returns the client's ID if it has one.
+func (a *API) authenticate(r *http.Request) (principal, error) {
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
-		return spiffeid.ID{}, errUnauthenticated
+		return principal{}, errUnauthenticated
 	}
 	leaf := r.TLS.VerifiedChains[0][0]
 	if len(leaf.URIs) != 1 {
-		return spiffeid.ID{}, Errorf(errForbidden, "the client certificate must carry exactly one URI SAN, an admin SPIFFE ID")
+		return principal{}, Errorf(errForbidden, "the client certificate must carry exactly one URI SAN, an admin SPIFFE ID")
 	}
 	id, err := spiffeid.FromURI(leaf.URIs[0])
 	if err != nil {
-		return spiffeid.ID{}, Errorf(errForbidden, "the client certificate's URI SAN is not a SPIFFE ID")
+		return principal{}, Errorf(errForbidden, "the client certificate's URI SAN is not a SPIFFE ID")
 	}
-	if _, ok := a.admins[id.String()]; !ok {
-		return id, Errorf(errForbidden, "%s is not an admin", id)
+	p := principal{id: id, ctl: a.ctls[id.String()]}
+	if _, ok := a.admins[id.String()]; !ok && p.ctl == nil {
+		return principal{id: id}, Errorf(errForbidden, "%s is not an admin", id)
 	}
-	// Operator certificates are client-only. Worker certificates always
-	// carry serverAuth, so even a worker whose SPIFFE ID was configured to
-	// equal an admin ID (a custom spiffeIDTemplate, say) cannot administer.
+	// Operator and controller certificates are client-only. Worker
+	// certificates always carry serverAuth, so even a worker whose SPIFFE
+	// ID was configured to equal an admin or controller ID (a custom
+	// spiffeIDTemplate, say) cannot use the API.
 	if slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) || slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageAny) {
-		return id, Errorf(errForbidden, "%s presented a server certificate; operator certificates are client-only", id)
+		return principal{id: id}, Errorf(errForbidden, "%s presented a server certificate; operator and controller certificates are client-only", id)
 	}
-	return id, nil
+	return p, nil
 }
 
 // record writes the request's audit record and log line.
@@ -109,9 +129,12 @@ func (a *API) record(r *http.Request, status int, info *requestInfo, took time.D
 		outcome = "failed"
 	}
 	args := make([]any, 0, 16+len(info.attrs))
-	if !info.admin.IsZero() {
-		args = append(args, "admin", info.admin.String())
-	} else if !info.peer.IsZero() {
+	switch {
+	case info.who.ctl != nil:
+		args = append(args, "controller", info.who.id.String())
+	case !info.who.id.IsZero():
+		args = append(args, "admin", info.who.id.String())
+	case !info.peer.IsZero():
 		args = append(args, "client", info.peer.String())
 	}
 	args = append(args,

@@ -132,7 +132,20 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 		}
 		admins = append(admins, id)
 	}
-	api, err := admin.New(admin.Config{Operator: operator{s}, Admins: admins, Logger: log, Audit: d.Audit})
+	var controllers []admin.Controller
+	for i, ctl := range cfg.Admin.Controllers {
+		id, err := spiffeid.FromString(ctl.SPIFFEID)
+		if err != nil {
+			_ = sca.Close()
+			return nil, fmt.Errorf("admin.controllers[%d].spiffeID: %w", i, err)
+		}
+		def, maxTTL := cfg.ControllerTTLs(ctl)
+		controllers = append(controllers, admin.Controller{
+			ID: id, Provisioner: ctl.Provisioner, WorkerPattern: ctl.WorkerPattern,
+			MaxTTL: maxTTL, DefaultTTL: def,
+		})
+	}
+	api, err := admin.New(admin.Config{Operator: operator{s}, Admins: admins, Controllers: controllers, Logger: log, Audit: d.Audit})
 	if err != nil {
 		_ = sca.Close()
 		return nil, err
