@@ -52,18 +52,7 @@ func (c *Config) WorkerNamespaces() []Namespace {
 				idTemplate = w.SPIFFEIDTemplate
 			}
 			for _, t := range w.DNSTemplates {
-				labels := strings.Split(render(t, ""), ".")
-				at := -1
-				for i, l := range labels {
-					if strings.Contains(l, "{worker}") {
-						at = i
-					}
-				}
-				if at < 0 {
-					ns.DNSNames = append(ns.DNSNames, strings.Join(labels, "."))
-				} else {
-					ns.DNSSuffixes = append(ns.DNSSuffixes, strings.Join(labels[at+1:], "."))
-				}
+				ns.addDNSTemplate(render(t, ""))
 			}
 			ns.IPs = appendAddrs(ns.IPs, w.IPs)
 			if prefix, _, ok := strings.Cut(render(idTemplate, ""), "{worker}"); ok {
@@ -76,18 +65,7 @@ func (c *Config) WorkerNamespaces() []Namespace {
 			}
 			ns.SPIFFEPrefixes = append(ns.SPIFFEPrefixes, "spiffe://"+c.TrustDomain+"/ns/")
 			for _, t := range a.DNSTemplates {
-				labels := strings.Split(strings.ReplaceAll(t, "{trustDomain}", c.TrustDomain), ".")
-				at := -1
-				for i, l := range labels {
-					if strings.Contains(l, "{") {
-						at = i
-					}
-				}
-				if at < 0 {
-					ns.DNSNames = append(ns.DNSNames, strings.Join(labels, "."))
-				} else {
-					ns.DNSSuffixes = append(ns.DNSSuffixes, strings.Join(labels[at+1:], "."))
-				}
+				ns.addDNSTemplate(render(t, ""))
 			}
 		}
 		for _, id := range p.Identities {
@@ -102,6 +80,24 @@ func (c *Config) WorkerNamespaces() []Namespace {
 		out = append(out, ns)
 	}
 	return out
+}
+
+// addDNSTemplate adds what a DNS template (trust domain rendered) can
+// produce: every name under the labels after its last placeholder, or the
+// name itself when it has none.
+func (ns *Namespace) addDNSTemplate(t string) {
+	labels := strings.Split(t, ".")
+	at := -1
+	for i, l := range labels {
+		if strings.Contains(l, "{") {
+			at = i
+		}
+	}
+	if at < 0 {
+		ns.DNSNames = append(ns.DNSNames, t)
+		return
+	}
+	ns.DNSSuffixes = append(ns.DNSSuffixes, strings.Join(labels[at+1:], "."))
 }
 
 func appendAddrs(dst []netip.Addr, ips []string) []netip.Addr {

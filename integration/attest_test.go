@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/go-acme/lego/v4/certificate"
+	"github.com/go-acme/lego/v4/lego"
 	"github.com/go-acme/lego/v4/registration"
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -215,9 +216,8 @@ func k8sClaims(ns, sa, pod string) map[string]any {
 	return map[string]any{"kubernetes.io": k}
 }
 
-// enrolWithCredentials registers a lego client with attested EAB
-// credentials and orders the attested names.
-func (c *ca) enrolWithCredentials(t *testing.T, prov string, r attestResp) (*certificate.Resource, error) {
+// registerAttested registers a lego client with attested EAB credentials.
+func (c *ca) registerAttested(t *testing.T, prov string, r attestResp) (*lego.Client, error) {
 	t.Helper()
 	cl, u := c.newLego(prov, nil)
 	reg, err := cl.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{TermsOfServiceAgreed: true, Kid: r.creds.KID, HmacEncoded: r.creds.HMACKey})
@@ -225,6 +225,17 @@ func (c *ca) enrolWithCredentials(t *testing.T, prov string, r attestResp) (*cer
 		return nil, err
 	}
 	u.reg = reg
+	return cl, nil
+}
+
+// enrolWithCredentials registers with attested EAB credentials and orders
+// the attested names.
+func (c *ca) enrolWithCredentials(t *testing.T, prov string, r attestResp) (*certificate.Resource, error) {
+	t.Helper()
+	cl, err := c.registerAttested(t, prov, r)
+	if err != nil {
+		return nil, err
+	}
 	return obtain(t, c, cl.Certificate, r.creds.DNSNames...)
 }
 
@@ -408,12 +419,10 @@ func TestAttestBindingAge(t *testing.T) {
 	if r.status != http.StatusCreated {
 		t.Fatalf("attest: %d %s", r.status, r.body)
 	}
-	cl, u := c.newLego("workers", nil)
-	reg, err := cl.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{TermsOfServiceAgreed: true, Kid: r.creds.KID, HmacEncoded: r.creds.HMACKey})
+	cl, err := c.registerAttested(t, "workers", r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.reg = reg
 	if _, err := obtain(t, c, cl.Certificate, r.creds.DNSNames...); err != nil {
 		t.Fatal(err)
 	}
@@ -451,12 +460,10 @@ func TestAttestDisabledIdentity(t *testing.T) {
 	if r.status != http.StatusCreated {
 		t.Fatalf("attest: %d %s", r.status, r.body)
 	}
-	cl, u := c.newLego("workers", nil)
-	reg, err := cl.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{TermsOfServiceAgreed: true, Kid: r.creds.KID, HmacEncoded: r.creds.HMACKey})
+	cl, err := c.registerAttested(t, "workers", r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.reg = reg
 	if _, err := obtain(t, c, cl.Certificate, r.creds.DNSNames...); err != nil {
 		t.Fatal(err)
 	}
