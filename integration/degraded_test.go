@@ -19,9 +19,9 @@ import (
 )
 
 // pgCluster is a private PostgreSQL server that a test can stop and start
-// again on the same port and data directory (startPostgres cannot: it hides
-// both). It always runs from local binaries: CRANK_TEST_POSTGRES_DSN points
-// at a server the test must not stop.
+// again on the same port and data directory; startPostgres uses one too. It
+// always runs from local binaries: CRANK_TEST_POSTGRES_DSN points at a
+// server the test must not stop.
 type pgCluster struct {
 	t      *testing.T
 	bin    string

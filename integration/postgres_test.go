@@ -1,21 +1,15 @@
 package integration
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/go-acme/lego/v4/certificate"
 
@@ -46,74 +40,7 @@ func startPostgres(t *testing.T, dbname string) string {
 	if dsn := os.Getenv("CRANK_TEST_POSTGRES_DSN"); dsn != "" {
 		return dsn
 	}
-	bin := postgresBin()
-	if bin == "" {
-		t.Skip("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
-	}
-	// PostgreSQL refuses to run as root: run it as the postgres user then.
-	var asUser []string
-	dir, err := os.MkdirTemp("", "crank-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	if os.Geteuid() == 0 {
-		pgUser, err := user.Lookup("postgres")
-		if err != nil {
-			t.Skip("running as root and there is no postgres user to run PostgreSQL as")
-		}
-		uid, _ := strconv.Atoi(pgUser.Uid)
-		gid, _ := strconv.Atoi(pgUser.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		asUser = []string{"runuser", "-u", "postgres", "--"}
-	}
-	command := func(ctx context.Context, name string, args ...string) *exec.Cmd {
-		full := append(append([]string{}, asUser...), filepath.Join(bin, name))
-		full = append(full, args...)
-		return exec.CommandContext(ctx, full[0], full[1:]...)
-	}
-	data := filepath.Join(dir, "data")
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	if out, err := command(ctx, "initdb", "-D", data, "-U", "crank", "--auth=trust", "--no-sync", "-E", "UTF8").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
-	}
-	port := freePort(t)
-	var logs bytes.Buffer
-	srv := command(context.Background(), "postgres", "-D", data, "-p", strconv.Itoa(port), "-h", "127.0.0.1", "-k", dir, "-c", "fsync=off")
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatalf("postgres: %v", err)
-	}
-	t.Cleanup(func() {
-		// pg_ctl reaches the server through its pid file: signals to runuser
-		// are not forwarded.
-		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if out, err := command(sctx, "pg_ctl", "stop", "-D", data, "-m", "fast", "-w").CombinedOutput(); err != nil {
-			t.Logf("pg_ctl stop: %v\n%s", err, out)
-			_ = srv.Process.Signal(syscall.SIGINT)
-		}
-		done := make(chan struct{})
-		go func() { _ = srv.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = srv.Process.Kill()
-		}
-	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		if out, err := command(ctx, "pg_isready", "-h", "127.0.0.1", "-p", strconv.Itoa(port)).CombinedOutput(); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("postgres never became ready: %s\n%s", out, logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Sprintf("postgresql://crank@%s/%s?sslmode=disable", addr, dbname)
+	return newPGCluster(t).dsn(dbname)
 }
 
 // TestPostgreSQL runs the worker flow on a PostgreSQL store: issuance, a
