@@ -45,6 +45,7 @@ Usage:
   crank-agent --ca-url URL --fingerprint HEX --worker NAME [--token TOKEN | --token-file FILE] [options] -- COMMAND [ARG...]
   crank-agent --ca-url URL --fingerprint HEX --worker NAME [--token TOKEN | --token-file FILE] [options] --once
   crank-agent --ca-url URL --fingerprint HEX --worker NAME [--token TOKEN | --token-file FILE] [options]
+  crank-agent --ca-url URL --fingerprint HEX --jwt-file FILE [--worker NAME] --state DIR [options] [--once | -- COMMAND [ARG...]]
 
 With a COMMAND, crank-agent obtains the certificate, writes the files to --out
 and starts COMMAND with ` + envCertFile + `, ` + envKeyFile + `, ` + envChainFile + `,
@@ -58,7 +59,14 @@ state directory without contacting the CA, writes the files and exits.
 With neither it keeps renewing and rewriting the files until SIGINT or SIGTERM.
 
 The join token is needed only until the worker has an account: --token,
---token-file or $` + envToken + ` (which is not passed on to COMMAND). --fingerprint
+--token-file or $` + envToken + ` (which is not passed on to COMMAND). Instead of a
+token, --jwt-file names a file holding a JWT the platform gives the worker (a
+Kubernetes projected service-account token, an OIDC identity token): it is
+read afresh and exchanged at the CA for one-time credentials whenever the
+agent needs a new account, at the first start and whenever the CA no longer
+accepts the account (maxBindingAge). The CA then decides the worker's
+identity; --worker is optional (a plain worker name the JWT must attest, or a
+name for logs), and without it --state or $` + paths.EnvStateDir + ` is required. --fingerprint
 is needed only until the state directory holds the CA's root. The state
 directory is --state, else $` + paths.EnvStateDir + `, else ` + paths.ContainerBase + `/NAME in a
 container, else $XDG_STATE_HOME/crank/NAME or ~/.local/state/crank/NAME.
@@ -81,12 +89,12 @@ func usageErr(format string, args ...any) error {
 
 // options is the parsed command line.
 type options struct {
-	caURL, fingerprint, token, tokenFile, worker, provisioner, state, out string
-	signal                                                                os.Signal // nil: none
-	once                                                                  bool
-	logFormat                                                             string
-	logLevel                                                              slog.Level
-	command                                                               []string
+	caURL, fingerprint, token, tokenFile, jwtFile, worker, provisioner, state, out string
+	signal                                                                         os.Signal // nil: none
+	once                                                                           bool
+	logFormat                                                                      string
+	logLevel                                                                       slog.Level
+	command                                                                        []string
 }
 
 func newFlagSet(o *options) (*flag.FlagSet, *string, *string) {
@@ -96,6 +104,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *string, *string) {
 	fs.StringVar(&o.fingerprint, "fingerprint", "", "`HEX` SHA-256 of the CA's root certificate, as crank-ca init printed it")
 	fs.StringVar(&o.token, "token", "", "join `TOKEN` (visible to other local users in the process list; prefer --token-file or $"+envToken+")")
 	fs.StringVar(&o.tokenFile, "token-file", "", "`FILE` holding the join token")
+	fs.StringVar(&o.jwtFile, "jwt-file", "", "`FILE` holding a JWT to attest with instead of a join token (read afresh at every attestation)")
 	fs.StringVar(&o.worker, "worker", "", "the worker's `NAME` (required)")
 	fs.StringVar(&o.provisioner, "provisioner", agent.DefaultProvisioner, "the CA's worker `provisioner`")
 	fs.StringVar(&o.state, "state", "", "state `DIR` (account, certificate, key, pinned root)")
@@ -122,10 +131,12 @@ func parseArgs(args []string) (*options, error) {
 	switch {
 	case o.caURL == "":
 		return nil, usageErr("--ca-url is required")
-	case o.worker == "":
-		return nil, usageErr("--worker is required")
+	case o.worker == "" && o.jwtFile == "":
+		return nil, usageErr("--worker is required (optional only with --jwt-file)")
 	case o.token != "" && o.tokenFile != "":
 		return nil, usageErr("--token and --token-file are mutually exclusive")
+	case o.jwtFile != "" && (o.token != "" || o.tokenFile != ""):
+		return nil, usageErr("--jwt-file and --token/--token-file are mutually exclusive: join with a JWT or with a join token, not both")
 	case o.once && len(o.command) > 0:
 		return nil, usageErr("--once runs no command: drop either --once or %q", strings.Join(o.command, " "))
 	case len(o.command) == 0 && len(args) > 0 && args[len(args)-1] == "--":
@@ -225,11 +236,8 @@ func readToken(o *options) (string, error) {
 // execute runs crank-agent once the command line is known. It returns the
 // exit status, or an error (usage errors wrap errUsage).
 func execute(o *options, stderr io.Writer) (int, error) {
-	stateDir, source, err := paths.StateDir(o.state, o.worker, paths.Env{Getenv: os.Getenv})
+	stateDir, source, err := stateDir(o, os.Getenv)
 	if err != nil {
-		if errors.Is(err, paths.ErrInvalidWorker) {
-			return 0, fmt.Errorf("%w: --worker %q is not a valid worker name (a lower-case DNS label)", errUsage, o.worker)
-		}
 		return 0, err
 	}
 	out := o.out
@@ -239,15 +247,19 @@ func execute(o *options, stderr io.Writer) (int, error) {
 	if out, err = filepath.Abs(out); err != nil {
 		return 0, fmt.Errorf("--out: %w", err)
 	}
-	token, err := readToken(o)
-	if err != nil {
-		return 0, err
+	var token string
+	if o.jwtFile == "" {
+		if token, err = readToken(o); err != nil {
+			return 0, err
+		}
+	} else if os.Getenv(envToken) != "" {
+		return 0, usageErr("--jwt-file and $%s are mutually exclusive: join with a JWT or with a join token, not both", envToken)
 	}
 	log := newLogger(stderr, o)
 	routeLegoLogs(log)
 	a, err := agent.New(agent.Config{
 		CAURL: o.caURL, Provisioner: o.provisioner, Fingerprint: o.fingerprint, Token: token,
-		Worker: o.worker, StateDir: stateDir, Logger: log,
+		JWTFile: o.jwtFile, Worker: o.worker, StateDir: stateDir, Logger: log,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", errUsage, err)
@@ -259,8 +271,14 @@ func execute(o *options, stderr io.Writer) (int, error) {
 	case len(o.command) > 0:
 		mode = "supervise"
 	}
-	log = log.With("worker", o.worker)
-	log.Info("crank-agent starting", "mode", mode, "caURL", o.caURL, "state", stateDir, "stateSource", string(source), "out", out)
+	if o.worker != "" {
+		log = log.With("worker", o.worker)
+	}
+	join := "token"
+	if o.jwtFile != "" {
+		join = "jwt-file"
+	}
+	log.Info("crank-agent starting", "mode", mode, "join", join, "caURL", o.caURL, "state", stateDir, "stateSource", string(source), "out", out)
 
 	// In supervise mode every signal crank-agent would otherwise die of is
 	// collected from now on, so none is lost before the child runs.
@@ -312,7 +330,7 @@ func execute(o *options, stderr io.Writer) (int, error) {
 		for {
 			select {
 			case <-ctx.Done():
-				log.Info("crank-agent stopping", "cause", "signal")
+				logStop(log, a, "cause", "signal")
 				return 0, nil
 			case <-rotations:
 				if err := onRotate(); err != nil {
@@ -334,8 +352,49 @@ func execute(o *options, stderr io.Writer) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	log.Info("crank-agent stopping", "cause", "child exited", "status", code)
+	logStop(log, a, "cause", "child exited", "status", code)
 	return code, nil
+}
+
+// logStop logs that crank-agent stops, and why renewals were failing if
+// they were: the operator of a worker that stops for good must see it.
+func logStop(log *slog.Logger, a *agent.Agent, args ...any) {
+	if err := a.LastError(); err != nil {
+		args = append(args, "renewalError", err.Error())
+		var ae *agent.AttestationError
+		if errors.As(err, &ae) {
+			args = append(args, "check", ae.Check)
+		}
+		log.Warn("crank-agent stopping while renewals fail", args...)
+		return
+	}
+	log.Info("crank-agent stopping", args...)
+}
+
+// stateDir resolves the state directory. Without --worker (allowed with
+// --jwt-file) only --state and $CRANK_STATE_DIR can name it: the other
+// rules need the worker's name.
+func stateDir(o *options, getenv func(string) string) (string, paths.Source, error) {
+	if o.worker == "" {
+		dir := o.state
+		src := paths.SourceFlag
+		if dir == "" {
+			dir, src = getenv(paths.EnvStateDir), paths.SourceEnv
+		}
+		if dir == "" {
+			return "", "", usageErr("--jwt-file without --worker needs --state or $%s", paths.EnvStateDir)
+		}
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return "", "", fmt.Errorf("state directory: %w", err)
+		}
+		return abs, src, nil
+	}
+	dir, src, err := paths.StateDir(o.state, o.worker, paths.Env{Getenv: getenv})
+	if errors.Is(err, paths.ErrInvalidWorker) {
+		return "", "", fmt.Errorf("%w: --worker %q is not a valid worker name (a lower-case DNS label)", errUsage, o.worker)
+	}
+	return dir, src, err
 }
 
 // logRotation logs a rotation (the agent logs its next planned renewal).
@@ -378,7 +437,11 @@ func explain(err error, stateDir, worker string) error {
 	case errors.Is(err, agent.ErrTokenRejected):
 		hint = "join tokens are single-use and expire; mint a new one with `crank-ca token create --worker " + worker + "`"
 	case errors.Is(err, agent.ErrNoToken):
-		hint = "pass --token, --token-file or $" + envToken
+		hint = "pass --token, --token-file, $" + envToken + " or --jwt-file"
+	case errors.Is(err, agent.ErrAttestationRefused):
+		hint = "the JWT in --jwt-file was refused; the check names why: a fresh token is needed for expiry, max-age and jti (the platform rotates the file), an attestor matching its issuer and audience for issuer and audience, an enabled identity for disabled"
+	case errors.Is(err, agent.ErrJWTFile):
+		hint = "check --jwt-file: it must hold the JWT the platform gives the worker (for Kubernetes a projected service-account token volume)"
 	case errors.Is(err, agent.ErrAccountRejected):
 		hint = "restart crank-agent with a new join token (--token); it registers a new account"
 	case errors.Is(err, agent.ErrCAUnreachable):

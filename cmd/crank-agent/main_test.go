@@ -50,6 +50,13 @@ func TestParseArgs(t *testing.T) {
 		{name: "no ca-url", args: []string{"--worker", "api"}, wantErr: "--ca-url is required"},
 		{name: "no worker", args: []string{"--ca-url", "https://ca"}, wantErr: "--worker is required"},
 		{name: "two token sources", args: append(slices.Clone(base), "--token", "x", "--token-file", "f"), wantErr: "mutually exclusive"},
+		{name: "jwt file without a worker", args: []string{"--ca-url", "https://ca", "--jwt-file", "/run/token"}, check: func(t *testing.T, o *options) {
+			if o.jwtFile != "/run/token" || o.worker != "" {
+				t.Errorf("%+v", o)
+			}
+		}},
+		{name: "jwt file and token", args: append(slices.Clone(base), "--jwt-file", "f", "--token", "x"), wantErr: "--jwt-file and --token/--token-file are mutually exclusive"},
+		{name: "jwt file and token file", args: append(slices.Clone(base), "--jwt-file", "f", "--token-file", "x"), wantErr: "--jwt-file and --token/--token-file are mutually exclusive"},
 		{name: "unknown signal", args: append(slices.Clone(base), "--signal", "NOPE"), wantErr: "unknown signal"},
 		{name: "bad log format", args: append(slices.Clone(base), "--log-format", "xml"), wantErr: "--log-format"},
 		{name: "bad log level", args: append(slices.Clone(base), "--log-level", "loud"), wantErr: "--log-level"},
@@ -88,6 +95,7 @@ func TestRunExitCodes(t *testing.T) {
 		{"http URL", []string{"--ca-url", "http://ca", "--worker", "api", "--state", "x"}, 2, "https"},
 		{"garbage token", []string{"--ca-url", "https://ca", "--worker", "api", "--state", "x", "--token", "garbage"}, 2, "join token"},
 		{"missing token file", []string{"--ca-url", "https://ca", "--worker", "api", "--state", "x", "--token-file", "/nonexistent/token"}, 1, "--token-file"},
+		{"jwt file without worker or state", []string{"--ca-url", "https://ca", "--jwt-file", "/run/token"}, 2, "--jwt-file without --worker needs --state or $CRANK_STATE_DIR"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,6 +29,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) int {
 	fp := fs.String("fingerprint", getenv("CRANK_CA_FINGERPRINT"), "root fingerprint, hex SHA-256 (env CRANK_CA_FINGERPRINT)")
 	token := fs.String("token", "", "join token (or --token-file, or env CRANK_TOKEN)")
 	tokenFile := fs.String("token-file", "", "file holding the join token")
+	jwtFile := fs.String("jwt-file", getenv("CRANK_JWT_FILE"), "file holding a JWT to attest with instead of a join token, read afresh at every attestation (env CRANK_JWT_FILE)")
 	name := fs.String("worker", getenv("CRANK_WORKER"), "worker name (env CRANK_WORKER)")
 	state := fs.String("state", "", "state directory (default: env CRANK_STATE_DIR, /var/lib/crank/<worker> in containers, else the XDG state dir)")
 	listen := fs.String("listen", "127.0.0.1:8443", "mTLS listen address")
@@ -55,8 +56,15 @@ func run(ctx context.Context, args []string, getenv func(string) string) int {
 		return code
 	}
 
-	tok, err := readToken(*token, *tokenFile, getenv)
-	if err != nil {
+	var (
+		tok string
+		err error
+	)
+	if *jwtFile != "" {
+		if *token != "" || *tokenFile != "" || getenv("CRANK_TOKEN") != "" {
+			return fail(2, errors.New("--jwt-file and --token/--token-file/CRANK_TOKEN are mutually exclusive: join with a JWT or with a join token, not both"))
+		}
+	} else if tok, err = readToken(*token, *tokenFile, getenv); err != nil {
 		return fail(2, err)
 	}
 	dir, src, err := paths.StateDir(*state, *name, paths.Env{Getenv: getenv})
@@ -75,7 +83,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) int {
 		}
 	}
 	w, err := worker.New(worker.Config{
-		Agent:      agent.Config{CAURL: *caURL, Fingerprint: *fp, Token: tok, Worker: *name, StateDir: dir, Logger: log},
+		Agent:      agent.Config{CAURL: *caURL, Fingerprint: *fp, Token: tok, JWTFile: *jwtFile, Worker: *name, StateDir: dir, Logger: log},
 		Listen:     *listen,
 		Authorizer: callers,
 		Logger:     log,

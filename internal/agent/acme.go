@@ -6,14 +6,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
-	"net/http"
 	"time"
 
 	legoacme "github.com/go-acme/lego/v4/acme"
@@ -41,15 +39,38 @@ func (u *legoUser) GetEmail() string                        { return "" }
 func (u *legoUser) GetRegistration() *registration.Resource { return u.reg }
 func (u *legoUser) GetPrivateKey() crypto.PrivateKey        { return u.key }
 
-// clientLocked returns the lego client, registering the account with the
-// join token first if the state holds none. a.mu is held.
-func (a *Agent) clientLocked() (*acmeClient, error) {
+// errNoAccount: there is no account and the caller may not register one.
+var errNoAccount = errors.New("no account")
+
+// clientLocked returns the lego client of the current account. Without an
+// account it registers one if register is set: with the join token, or with
+// the one-time credentials the CA gives for the JWT file (a new account key
+// either way). a.mu is held.
+func (a *Agent) clientLocked(ctx context.Context, register bool) (_ *acmeClient, err error) {
 	if a.client != nil {
 		return a.client, nil
 	}
 	acc := a.acct
+	var att *attestation
 	if acc == nil {
-		if a.cfg.Token == "" {
+		if !register {
+			return nil, errNoAccount
+		}
+		switch {
+		case a.cfg.JWTFile != "":
+			// Credentials from an attempt the CA could not complete are
+			// used while they last: the JWT that bought them is spent.
+			if att, a.pending = a.pending, nil; att == nil || !a.now().Before(att.ExpiresAt) {
+				if att, err = a.attest(ctx); err != nil {
+					return nil, err
+				}
+			}
+			defer func() {
+				if errors.Is(err, ErrCAUnreachable) {
+					a.pending = att
+				}
+			}()
+		case a.cfg.Token == "":
 			return nil, ErrNoToken
 		}
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -62,19 +83,10 @@ func (a *Agent) clientLocked() (*acmeClient, error) {
 	if acc.URI != "" {
 		user.reg = &registration.Resource{URI: acc.URI}
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(a.root)
 	cfg := lego.NewConfig(user)
 	cfg.CADirURL = a.cfg.CAURL + "/acme/" + a.cfg.Provisioner + "/directory"
 	cfg.UserAgent = "crank-agent"
-	cfg.HTTPClient = &http.Client{
-		Timeout: a.cfg.HTTPTimeout,
-		Transport: &http.Transport{
-			Proxy:           http.ProxyFromEnvironment,
-			TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-			IdleConnTimeout: 90 * time.Second,
-		},
-	}
+	cfg.HTTPClient = a.caHTTPClient()
 	cfg.Certificate.KeyType = certcrypto.EC256
 	// lego sleeps 1s/OverallRequestLimit before each authorization fetch.
 	cfg.Certificate.OverallRequestLimit = 1000
@@ -83,23 +95,40 @@ func (a *Agent) clientLocked() (*acmeClient, error) {
 		return nil, classify(err, ErrCAUnreachable)
 	}
 	if acc.URI == "" {
-		kid, hmacKey, err := provisioner.ParseToken(a.cfg.Token)
-		if err != nil {
-			return nil, fmt.Errorf("--token: %w", err)
+		var opts registration.RegisterEABOptions
+		onProblem := ErrTokenRejected
+		if att != nil {
+			opts = registration.RegisterEABOptions{TermsOfServiceAgreed: true, Kid: att.KID, HmacEncoded: att.HMACKey}
+			onProblem = ErrAttestationRefused
+		} else {
+			kid, hmacKey, err := provisioner.ParseToken(a.cfg.Token)
+			if err != nil {
+				return nil, fmt.Errorf("--token: %w", err)
+			}
+			opts = registration.RegisterEABOptions{TermsOfServiceAgreed: true, Kid: kid, HmacEncoded: b64(hmacKey)}
 		}
-		reg, err := cl.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{
-			TermsOfServiceAgreed: true, Kid: kid, HmacEncoded: b64(hmacKey),
-		})
+		reg, err := cl.Registration.RegisterWithExternalAccountBinding(opts)
 		if err != nil {
-			return nil, classify(err, ErrTokenRejected)
+			if att != nil {
+				return nil, fmt.Errorf("registering with the attested credentials: %w", classify(err, onProblem))
+			}
+			return nil, classify(err, onProblem)
 		}
 		acc.URI = reg.URI
-		acc.KID = kid
+		acc.KID = opts.Kid
 		user.reg = reg
+		if att != nil {
+			acc.Attested, acc.Worker, acc.SPIFFEID = true, att.Worker, att.SPIFFEID
+			acc.DNSNames, acc.IPs = att.DNSNames, att.IPs
+		}
 		if err := a.saveAccount(acc); err != nil {
 			return nil, err
 		}
-		a.log.Info("account registered with the join token", "account", reg.URI)
+		if att != nil {
+			a.log.Info("account registered by attestation", "account", reg.URI, "attested", att.Worker, "spiffeID", att.SPIFFEID)
+		} else {
+			a.log.Info("account registered with the join token", "account", reg.URI)
+		}
 	}
 	a.acct = acc
 	a.client = &acmeClient{lego: cl}
@@ -163,9 +192,9 @@ func classify(err error, onProblem error) error {
 // when the CA offers no ARI, cannot be reached, or answers a window that
 // makes no sense for this certificate: lego v4 turns any non-200 answer into
 // a zero window ("renew now"), which must not cause a renewal storm.
-func (a *Agent) ariTime(_ context.Context, id *Identity) (time.Time, bool) {
+func (a *Agent) ariTime(ctx context.Context, id *Identity) (time.Time, bool) {
 	a.mu.Lock()
-	cl, err := a.clientLocked()
+	cl, err := a.clientLocked(ctx, false)
 	a.mu.Unlock()
 	if err != nil {
 		return time.Time{}, false

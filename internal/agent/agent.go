@@ -42,7 +42,21 @@ type Config struct {
 	// Token is the compact join token; needed only while the state
 	// directory holds no account.
 	Token string
-	// Worker is the worker's name.
+	// JWTFile, instead of Token, names a file holding a JWT the platform
+	// gives the worker (a Kubernetes projected service-account token, an
+	// OIDC identity token). The agent reads it afresh at every attestation
+	// (the platform rotates it) and exchanges it at POST
+	// <CAURL>/attest/<Provisioner> for one-time EAB credentials, with which
+	// it registers an account and orders the attested names. When the CA no
+	// longer accepts that account (maxBindingAge, or the identity was
+	// disabled and enabled), the agent attests again and registers a new
+	// account, serving the current certificate meanwhile. Exclusive with
+	// Token.
+	JWTFile string
+	// Worker is the worker's name. With JWTFile it may be empty (the CA
+	// decides the identity); when set, a JWT attesting another plain worker
+	// name is refused. Kubernetes identities (ns/<ns>/sa/<sa>) are not
+	// worker names, and Worker is then only the name in logs.
 	Worker string
 	// StateDir holds the account, certificate, key and root across
 	// restarts (see internal/paths for where it defaults to).
@@ -70,6 +84,11 @@ type Agent struct {
 	log *slog.Logger
 	now func() time.Time
 
+	// lastErr is the error of the last renewal attempt (nil after a
+	// success); see LastError.
+	errMu   sync.Mutex
+	lastErr error
+
 	cur  atomic.Pointer[Identity]
 	next atomic.Pointer[time.Time]
 	// pollOnly marks a planned wake-up that only asks ARI again.
@@ -82,6 +101,9 @@ type Agent struct {
 	root   *x509.Certificate
 	acct   *account
 	client *acmeClient
+	// pending are attested credentials not yet registered because the CA
+	// could not be reached in between; see clientLocked.
+	pending *attestation
 
 	subMu sync.Mutex
 	subs  []chan struct{}
@@ -115,8 +137,11 @@ func New(cfg Config) (*Agent, error) {
 		errs = append(errs, fmt.Errorf("--ca-url %q must be an https URL", cfg.CAURL))
 	}
 	cfg.CAURL = strings.TrimRight(cfg.CAURL, "/")
-	if !paths.ValidWorker(cfg.Worker) {
+	if !paths.ValidWorker(cfg.Worker) && (cfg.Worker != "" || cfg.JWTFile == "") {
 		errs = append(errs, fmt.Errorf("--worker %q is not a valid worker name", cfg.Worker))
+	}
+	if cfg.Token != "" && cfg.JWTFile != "" {
+		errs = append(errs, errors.New("--token and --jwt-file are mutually exclusive: a worker joins with a join token or with a JWT, not both"))
 	}
 	if cfg.StateDir == "" {
 		errs = append(errs, errors.New("a state directory is required"))
@@ -128,7 +153,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 		cfg.Fingerprint = fp
 	}
-	if cfg.Token != "" {
+	if cfg.Token != "" && cfg.JWTFile == "" {
 		c, err := provisioner.ReadClaims(cfg.Token)
 		switch {
 		case err != nil:
@@ -152,7 +177,9 @@ func New(cfg Config) (*Agent, error) {
 	if a.now == nil {
 		a.now = time.Now
 	}
-	a.log = a.log.With("worker", cfg.Worker)
+	if cfg.Worker != "" {
+		a.log = a.log.With("worker", cfg.Worker)
+	}
 	return a, nil
 }
 
@@ -199,7 +226,8 @@ func (a *Agent) notify() {
 // Start makes the agent ready to serve. A still-valid certificate in the
 // state directory is used as it is, without contacting the CA, so a worker
 // starts while the CA is down. Otherwise it bootstraps trust, registers with
-// the join token if there is no account yet, and obtains a certificate.
+// the join token (or by attesting the JWT file) if there is no account yet,
+// and obtains a certificate.
 func (a *Agent) Start(ctx context.Context) error {
 	if err := paths.Ensure(a.cfg.StateDir); err != nil {
 		return err
@@ -215,7 +243,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	if acc := st.account; acc != nil && acc.CAURL == a.cfg.CAURL && acc.Provisioner == a.cfg.Provisioner {
 		a.acct = acc
-		if kid := tokenKID(a.cfg.Token); kid != "" && kid != acc.KID {
+		if kid := tokenKID(a.cfg.Token); a.cfg.JWTFile == "" && kid != "" && kid != acc.KID {
 			// A new token means the operator re-enrolled this worker
 			// (for example after disabling and enabling it): register
 			// anew instead of reusing an account the CA may refuse.
@@ -229,7 +257,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.log.Info("using certificate from state", "serial", id.Serial(), "notAfter", id.NotAfter(), "spiffeID", id.SPIFFEID.String())
 		return nil
 	}
-	if a.acct == nil && a.cfg.Token == "" {
+	if a.acct == nil && a.cfg.Token == "" && a.cfg.JWTFile == "" {
 		return ErrNoToken
 	}
 	if a.root == nil {
@@ -247,7 +275,13 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.log.Info("pinned the CA root", "fingerprint", a.cfg.Fingerprint)
 	}
 	names, ips := a.firstNames(st.identity)
-	id, err := a.obtainLocked(names, ips, nil)
+	if a.cfg.JWTFile != "" && a.acct != nil && !a.acct.Attested && len(names)+len(ips) == 0 {
+		// An account from a join token, and no certificate to take the
+		// names from: attestation tells the names.
+		a.log.Info("no names known for the account in state; attesting for a new account")
+		a.acct = nil
+	}
+	id, err := a.obtainOrReattestLocked(ctx, names, ips, nil)
 	if err != nil {
 		return err
 	}
@@ -302,7 +336,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			at = a.planNext(ctx)
 			continue
 		}
-		err = a.renew()
+		err = a.renew(ctx)
+		a.setLastError(err)
 		if err == nil {
 			backoff = 0
 			// Subscribers hear at once (files, signals); planning may wait
@@ -312,13 +347,48 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = a.nextBackoff(backoff)
+		// The CA asked for a pause (429, 503): not sooner than that.
+		var ra *retryAfterError
+		if errors.As(err, &ra) && ra.after > backoff {
+			backoff = min(ra.after, maxRetryAfter)
+		}
 		at = a.now().Add(backoff)
 		a.next.Store(&at)
 		cur := a.Current()
+		var ae *AttestationError
+		if errors.As(err, &ae) {
+			// Says exactly why, for the operator who must fix the token
+			// (or the CA's attestor) before renewals resume.
+			a.log.Error("renewal stopped: the CA refused the attestation; still serving the current certificate",
+				"check", ae.Check, "detail", ae.Detail, "status", ae.Status, "jwtFile", a.cfg.JWTFile,
+				"serial", cur.Serial(), "notAfter", cur.NotAfter(), "retryIn", backoff.Round(time.Millisecond),
+				"expired", !a.now().Before(cur.NotAfter()))
+			continue
+		}
 		a.log.Error("renewal failed; still serving the current certificate", "err", err,
 			"serial", cur.Serial(), "notAfter", cur.NotAfter(), "retryIn", backoff.Round(time.Millisecond),
 			"expired", !a.now().Before(cur.NotAfter()))
 	}
+}
+
+// maxRetryAfter bounds how long a Retry-After from the CA may delay the
+// next attempt.
+const maxRetryAfter = time.Hour
+
+// LastError is the error of the last renewal attempt: nil before any and
+// after a success. While a JWT-file agent cannot renew because the CA
+// refuses its JWT, it is an *AttestationError (errors.As) naming the CA's
+// check and detail.
+func (a *Agent) LastError() error {
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	return a.lastErr
+}
+
+func (a *Agent) setLastError(err error) {
+	a.errMu.Lock()
+	a.lastErr = err
+	a.errMu.Unlock()
 }
 
 // planNext plans, records and logs the next renewal (or, when the CA's
@@ -391,19 +461,22 @@ func (a *Agent) wakeUp() {
 
 // RenewNow makes one renewal attempt immediately, outside the schedule (an
 // operator's nudge, or a test). Start must have succeeded.
-func (a *Agent) RenewNow(_ context.Context) error {
+func (a *Agent) RenewNow(ctx context.Context) error {
 	if a.Current() == nil {
 		return errors.New("agent: RenewNow before a successful Start")
 	}
-	if err := a.renew(); err != nil {
+	err := a.renew(ctx)
+	a.setLastError(err)
+	if err != nil {
 		return err
 	}
 	a.notify()
 	return nil
 }
 
-// renew obtains a new certificate for the current one's names.
-func (a *Agent) renew() error {
+// renew obtains a new certificate for the current one's names (an attested
+// account's names, if it has them).
+func (a *Agent) renew(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	old := a.Current()
@@ -411,7 +484,7 @@ func (a *Agent) renew() error {
 	for _, ip := range old.Leaf().IPAddresses {
 		ips = append(ips, ip.String())
 	}
-	id, err := a.obtainLocked(old.Leaf().DNSNames, ips, old.Leaf())
+	id, err := a.obtainOrReattestLocked(ctx, old.Leaf().DNSNames, ips, old.Leaf())
 	if err != nil {
 		return err
 	}
@@ -420,12 +493,37 @@ func (a *Agent) renew() error {
 	return nil
 }
 
+// obtainOrReattestLocked obtains a certificate. When the CA no longer
+// accepts the account of a JWT-file agent (maxBindingAge passed, the
+// identity was disabled and enabled again), it attests again with a fresh
+// read of the file, registers a new account with a new key, and orders with
+// that; the old account is never used again. The current certificate stays
+// in service whatever happens here. a.mu is held.
+func (a *Agent) obtainOrReattestLocked(ctx context.Context, dns, ips []string, replaces *x509.Certificate) (*Identity, error) {
+	had := a.acct
+	id, err := a.obtainLocked(ctx, dns, ips, replaces)
+	if err == nil || a.cfg.JWTFile == "" || had == nil || a.acct != had || !errors.Is(err, ErrAccountRejected) {
+		return id, err
+	}
+	// The error's own advice (a new join token) is not for this agent.
+	reason := strings.TrimPrefix(err.Error(), ErrAccountRejected.Error()+": ")
+	a.log.Warn("the CA no longer accepts the account; attesting again with the JWT file", "account", had.URI, "reason", reason)
+	a.acct, a.client = nil, nil
+	// The replaced certificate belongs to the old account: the new one may
+	// not name it.
+	return a.obtainLocked(ctx, nil, nil, nil)
+}
+
 // obtainLocked registers if needed and obtains a certificate with a fresh
-// P-256 key; a.mu is held.
-func (a *Agent) obtainLocked(dns, ips []string, replaces *x509.Certificate) (*Identity, error) {
-	cl, err := a.clientLocked()
+// P-256 key; a.mu is held. An account registered by attestation orders the
+// attested names, whatever dns and ips say.
+func (a *Agent) obtainLocked(ctx context.Context, dns, ips []string, replaces *x509.Certificate) (*Identity, error) {
+	cl, err := a.clientLocked(ctx, true)
 	if err != nil {
 		return nil, err
+	}
+	if acc := a.acct; acc.Attested && len(acc.DNSNames)+len(acc.IPs) > 0 {
+		dns, ips = acc.DNSNames, acc.IPs
 	}
 	if len(dns)+len(ips) == 0 {
 		return nil, errors.New("no names to order: the join token carries none (mint it with a current crank-ca)")
@@ -436,12 +534,21 @@ func (a *Agent) obtainLocked(dns, ips []string, replaces *x509.Certificate) (*Id
 	}
 	start := a.now()
 	chain, err := cl.obtain(key, dns, ips, replaces)
+	if replaces != nil && errors.Is(err, ErrAccountRejected) {
+		// The CA refuses to let an account replace a certificate another
+		// account obtained (unauthorized, as for a dead account): ask
+		// once more without naming it before concluding anything.
+		chain, err = cl.obtain(key, dns, ips, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
 	id, err := newIdentity(chain, key, []*x509.Certificate{a.root})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCertificateRejected, err)
+	}
+	if want := a.acct.SPIFFEID; want != "" && id.SPIFFEID.String() != want {
+		return nil, fmt.Errorf("%w: the certificate names %s, but the CA attested %s", ErrCertificateRejected, id.SPIFFEID, want)
 	}
 	id.obtained = start
 	if err := a.saveIdentity(id); err != nil {

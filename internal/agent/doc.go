@@ -5,8 +5,12 @@
 // It is built on the lego v4 ACME library. The flow is: trust bootstrap by
 // root fingerprint (fetch /roots.pem, check the SHA-256, then trust only that
 // root), account registration with the join token as External Account
-// Binding, and orders for the identity's names with a P-256 key generated
-// here (the key never leaves the worker). Everything needed to restart
+// Binding (or, with Config.JWTFile, with the one-time EAB credentials the CA
+// gives in exchange for a platform JWT at POST /attest/<provisioner>, see
+// attest.go), and orders for the identity's names with a P-256 key
+// generated here (the key never leaves the worker). An attested account
+// that the CA stops accepting (maxBindingAge) is replaced by attesting
+// again, while the current certificate stays in service. Everything needed to restart
 // without the CA (account key, certificate, key, root) is kept in a state
 // directory, written atomically with keys 0600.
 //

@@ -12,6 +12,12 @@ var (
 	ErrTokenRejected = errors.New("the CA refused the join token")
 	// ErrNoToken: there is no account in the state directory and no token.
 	ErrNoToken = errors.New("no account in the state directory and no join token given")
+	// ErrAttestationRefused: the CA refused the JWT from the JWT file
+	// (expired, already used, wrong audience, identity disabled ...). The
+	// error is an *AttestationError naming the CA's check.
+	ErrAttestationRefused = errors.New("the CA refused the attestation")
+	// ErrJWTFile: the JWT file cannot be read or is empty.
+	ErrJWTFile = errors.New("the JWT file cannot be used")
 	// ErrCAUnreachable: the CA could not be reached.
 	ErrCAUnreachable = errors.New("the CA is unreachable")
 	// ErrAccountRejected: the CA no longer accepts this worker's account;

@@ -35,6 +35,19 @@ type account struct {
 	// KID is the join token the account was registered with; a different
 	// token on a later start means the operator re-enrolled the worker.
 	KID string `json:"kid,omitempty"`
+	// Key is the account key (PKCS #8 PEM). It is kept in account.json
+	// too, so that replacing the account (re-attestation) is one atomic
+	// rename: a crash never pairs a new key with an old URL. account.key
+	// holds the same key for older agents and for operators.
+	Key string `json:"key,omitempty"`
+	// Attested is set for an account registered with credentials from
+	// POST /attest; Worker, SPIFFEID, DNSNames and IPs are the identity the
+	// CA attested, and the names to order with this account.
+	Attested bool     `json:"attested,omitempty"`
+	Worker   string   `json:"worker,omitempty"`
+	SPIFFEID string   `json:"spiffeID,omitempty"`
+	DNSNames []string `json:"dnsNames,omitempty"`
+	IPs      []string `json:"ips,omitempty"`
 }
 
 // state is what survives a restart.
@@ -65,21 +78,29 @@ func loadState(dir string) (*state, error) {
 	if err != nil {
 		return nil, err
 	}
-	if keyPEM != nil && accJSON != nil {
+	if accJSON != nil {
 		var acc account
 		if err := json.Unmarshal(accJSON, &acc); err != nil {
 			return nil, fmt.Errorf("state %s: %w", fileAccount, err)
 		}
-		k, err := parseKey(keyPEM)
-		if err != nil {
-			return nil, fmt.Errorf("state %s: %w", fileAccountKey, err)
+		// The key in account.json wins: account.key may be from the next
+		// account if a re-attestation was cut short between the writes.
+		src, b := fileAccount, []byte(acc.Key)
+		if acc.Key == "" {
+			src, b = fileAccountKey, keyPEM
 		}
-		ek, ok := k.(*ecdsa.PrivateKey)
-		if !ok {
-			return nil, fmt.Errorf("state %s: not an ECDSA key", fileAccountKey)
+		if b != nil {
+			k, err := parseKey(b)
+			if err != nil {
+				return nil, fmt.Errorf("state %s: %w", src, err)
+			}
+			ek, ok := k.(*ecdsa.PrivateKey)
+			if !ok {
+				return nil, fmt.Errorf("state %s: not an ECDSA key", src)
+			}
+			acc.key = ek
+			st.account = &acc
 		}
-		acc.key = ek
-		st.account = &acc
 	}
 	certPEM, err := readOptional(filepath.Join(dir, fileCert))
 	if err != nil {
@@ -118,15 +139,20 @@ func (a *Agent) saveRoot(root *x509.Certificate) error {
 	return paths.WriteFileAtomic(filepath.Join(a.cfg.StateDir, fileRoot), pemCerts([]*x509.Certificate{root}), 0o644)
 }
 
+// saveAccount records acc as the worker's account. account.json, which
+// carries the key too, is renamed into place last and alone decides which
+// account a restart uses, so a new account replaces the old one atomically.
 func (a *Agent) saveAccount(acc *account) error {
-	der, err := x509.MarshalPKCS8PrivateKey(acc.key)
+	keyPEM, err := marshalKey(acc.key)
 	if err != nil {
 		return err
 	}
-	if err := paths.WriteFileAtomic(filepath.Join(a.cfg.StateDir, fileAccountKey), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := paths.WriteFileAtomic(filepath.Join(a.cfg.StateDir, fileAccountKey), keyPEM, 0o600); err != nil {
 		return err
 	}
-	b, err := json.MarshalIndent(acc, "", "  ")
+	rec := *acc
+	rec.Key = string(keyPEM)
+	b, err := json.MarshalIndent(&rec, "", "  ")
 	if err != nil {
 		return err
 	}

@@ -197,14 +197,8 @@ func (h *Handler) attest(ctx context.Context, r *http.Request, p Provisioner) (C
 	if lastErr != nil {
 		return Credentials{}, att, lastErr
 	}
-	if att.JTI != "" {
-		if err := h.deps.SpendJTI(ctx, iss, att.JTI, att.ExpiresAt); err != nil {
-			if errors.Is(err, ErrReplay) {
-				return Credentials{}, att, &provisioner.AttestationError{Check: "jti", Reason: "the token was already used to attest; present a fresh one"}
-			}
-			return Credentials{}, att, err
-		}
-	}
+	// A refused identity does not spend the token: the worker may present
+	// it again once the identity is enabled.
 	id := att.Identity
 	disabled, err := h.deps.Disabled(ctx, p.Name, id.Worker)
 	if err != nil {
@@ -212,6 +206,14 @@ func (h *Handler) attest(ctx context.Context, r *http.Request, p Provisioner) (C
 	}
 	if disabled {
 		return Credentials{}, att, &provisioner.AttestationError{Check: "disabled", Reason: fmt.Sprintf("worker %q is disabled", id.Worker)}
+	}
+	if att.JTI != "" {
+		if err := h.deps.SpendJTI(ctx, iss, att.JTI, att.ExpiresAt); err != nil {
+			if errors.Is(err, ErrReplay) {
+				return Credentials{}, att, &provisioner.AttestationError{Check: "jti", Reason: "the token was already used to attest; present a fresh one"}
+			}
+			return Credentials{}, att, err
+		}
 	}
 	claims := provisioner.TokenClaims{
 		Provisioner: p.Name, Worker: id.Worker, ExpiresAt: h.deps.Now().Add(CredentialTTL), IssuedAt: h.deps.Now(),
