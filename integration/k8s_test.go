@@ -810,6 +810,38 @@ func TestAttestKubernetesReal(t *testing.T) {
 		t.Error("the pod name is not in the audit stream")
 	}
 
+	// The crank-agent binary, given a file holding the kubelet-style token
+	// (kubectl create token SA --audience crank-ca), gets a certificate
+	// with the mapped SPIFFE ID.
+	if !testing.Short() {
+		bin := binary(t, "crank-agent")
+		tmp := t.TempDir()
+		jwtFile := filepath.Join(tmp, "token")
+		if err := os.WriteFile(jwtFile, []byte(k.Token(t, "team-a", "billing", kubeAudience, 10*time.Minute)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(tmp, "tls")
+		_, errOut, code := runCmd(t, bin, "--once", "--ca-url", c.url, "--fingerprint", c.fingerprint(),
+			"--jwt-file", jwtFile, "--state", filepath.Join(tmp, "state"), "--out", out)
+		if code != 0 {
+			t.Fatalf("crank-agent --jwt-file: exit %d\n%s", code, errOut)
+		}
+		agentLeaf := parseChain(t, mustRead(t, filepath.Join(out, "cert.pem")))[0]
+		if got := uris(agentLeaf); len(got) != 1 || got[0] != "spiffe://crank.internal/ns/team-a/sa/billing" {
+			t.Errorf("crank-agent certificate URIs %v", got)
+		}
+		// A token of a service account outside the allow-list: refused,
+		// and crank-agent says why.
+		if err := os.WriteFile(jwtFile, []byte(k.Token(t, "team-a", "intruder", kubeAudience, 10*time.Minute)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, code = runCmd(t, bin, "--once", "--ca-url", c.url, "--fingerprint", c.fingerprint(),
+			"--jwt-file", jwtFile, "--state", filepath.Join(tmp, "state2"), "--out", filepath.Join(tmp, "tls2"))
+		if code == 0 || !strings.Contains(errOut, "allow-list") {
+			t.Errorf("crank-agent with an intruder's token: exit %d, want a refusal naming allow-list\n%s", code, errOut)
+		}
+	}
+
 	// A second CA knows no keys of the cluster: it asks the API server
 	// about every token (TokenReview).
 	reviewed := newCA(t, func(cfg *config.Config) {
