@@ -495,3 +495,28 @@ func TestAttestDisabledIdentity(t *testing.T) {
 		t.Errorf("disabling an identity no attestor admits: %d, want 404", st)
 	}
 }
+
+// TestAttestCertbot: an unmodified EAB client (certbot) uses attested
+// credentials: it registers with them and gets the attested worker's
+// certificate without solving a challenge.
+func TestAttestCertbot(t *testing.T) {
+	skipWithoutCertbot(t)
+	t.Parallel()
+	o, k8s := newOIDCIssuer(t), newOIDCIssuer(t)
+	c := attestCA(t, o, k8s, nil)
+	c.start()
+	r := c.attest(t, "workers", k8s.token("system:serviceaccount:team-b:api", tokenOpts{extra: k8sClaims("team-b", "api", "")}))
+	if r.status != http.StatusCreated {
+		t.Fatalf("attest: %d %s", r.status, r.body)
+	}
+	b := newCertbot(t, c, certbotFreePort(t))
+	b.prov = "workers"
+	b.mustRun("register", append(certbotRegisterArgs(), "--eab-kid="+r.creds.KID, "--eab-hmac-key="+r.creds.HMACKey)...)
+	name := r.creds.DNSNames[0]
+	b.mustRun("certonly", b.certonlyArgs(name)...)
+	leaf := b.liveCert(name)
+	if got := uris(leaf); len(got) != 1 || got[0] != "spiffe://crank.internal/ns/team-b/sa/api" {
+		t.Errorf("certbot's certificate URIs %v", got)
+	}
+	certbotNoServerErrors(t, c)
+}
