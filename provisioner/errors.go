@@ -18,8 +18,8 @@ var (
 	// ErrTokenExpired means the token was genuine but is past its expiry.
 	ErrTokenExpired = errors.New("join token expired")
 	// ErrNameNotAllowed means a requested identifier is outside the
-	// worker's identity.
-	ErrNameNotAllowed = errors.New("name not within identity")
+	// worker's identity or an acme provisioner's NamePolicy.
+	ErrNameNotAllowed = errors.New("name not allowed")
 	// ErrInvalidConfig is wrapped by every error NewIdentities and
 	// NewJoinTokenAttestor report, so callers can tell configuration
 	// mistakes from runtime failures.
