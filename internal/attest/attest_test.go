@@ -17,10 +17,12 @@ func newTestHandler(t *testing.T, perMinute int) *Handler {
 	t.Helper()
 	h, err := New(Deps{
 		Provisioners: []Provisioner{{Name: "workers", AttemptsPerMinute: perMinute}},
-		Mint:         func(provisioner.TokenClaims) (provisioner.Token, error) { return provisioner.Token{}, errors.New("not in this test") },
-		SpendJTI:     func(context.Context, string, string, time.Time) error { return nil },
-		Disabled:     func(context.Context, string, string) (bool, error) { return false, nil },
-		Directory:    func(*http.Request, string) string { return "" },
+		Mint: func(provisioner.TokenClaims) (provisioner.Token, error) {
+			return provisioner.Token{}, errors.New("not in this test")
+		},
+		SpendJTI:  func(context.Context, string, string, time.Time) error { return nil },
+		Disabled:  func(context.Context, string, string) (bool, error) { return false, nil },
+		Directory: func(*http.Request, string) string { return "" },
 	})
 	if err != nil {
 		t.Fatal(err)
