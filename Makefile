@@ -6,7 +6,7 @@ CA_DIR    ?= .crank-ca
 TAGS      ?= nobadger nomysql
 GOFLAGS_BUILD = -trimpath -tags '$(TAGS)' -ldflags '-s -w'
 
-.PHONY: all build run test test-short vet lint bench fuzz clean
+.PHONY: all build run test test-short vet lint bench bench-go fuzz clean
 
 all: build
 
@@ -43,7 +43,14 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 lint:
 	$(GO) run $(STATICCHECK) ./...
 
-bench:
+# bench runs crank-bench's standard set (new-worker, renew, storm) against
+# a fresh CA that .ci/bench creates, starts on a free loopback port and
+# stops; a couple of minutes on 2 cores. See docs/performance.md.
+bench: build
+	BIN='$(BIN)' .ci/bench
+
+# bench-go runs the Go benchmarks of the module.
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 # fuzz runs every fuzz target of the module for FUZZTIME each; .ci/fuzz
