@@ -30,13 +30,17 @@ func (c *ca) fingerprint() string {
 // newAgent builds an agent for worker against c, logging into logs.
 func (c *ca) newAgent(t *testing.T, worker, token, stateDir string, logs *syncBuffer) *agent.Agent {
 	t.Helper()
-	a, err := agent.New(agent.Config{
-		CAURL: c.url, Fingerprint: c.fingerprint(), Token: token, Worker: worker, StateDir: stateDir,
-		Logger:      slog.New(slog.NewTextHandler(logs, nil)),
-		RetryMin:    200 * time.Millisecond,
-		RetryMax:    2 * time.Second,
-		HTTPTimeout: 5 * time.Second,
-	})
+	return c.newTestAgent(t, agent.Config{Token: token, Worker: worker, StateDir: stateDir}, logs)
+}
+
+// newTestAgent builds an agent from cfg against c with the tests' short
+// retries and timeouts, logging into logs.
+func (c *ca) newTestAgent(t *testing.T, cfg agent.Config, logs *syncBuffer) *agent.Agent {
+	t.Helper()
+	cfg.CAURL, cfg.Fingerprint = c.url, c.fingerprint()
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	cfg.RetryMin, cfg.RetryMax, cfg.HTTPTimeout = 200*time.Millisecond, 2*time.Second, 5*time.Second
+	a, err := agent.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,6 +62,21 @@ func newOIDCIssuer(t *testing.T) *oidcIssuer {
 	return o
 }
 
+// jwksFile writes the issuer's key set into dir, for attestors with
+// keySource jwksFile, and returns its path.
+func (o *oidcIssuer) jwksFile(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &o.key.PublicKey, KeyID: o.kid, Algorithm: "ES256", Use: "sig"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "jwks-"+strings.TrimPrefix(o.srv.URL, "https://127.0.0.1:")+".json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // tokenOpts shape one token; zero values give a valid token for sub.
 type tokenOpts struct {
 	iss, aud, kid, jti string
@@ -182,11 +197,7 @@ func attestCA(t *testing.T, o *oidcIssuer, k8s *oidcIssuer, mutate func(*config.
 	t.Helper()
 	return newCA(t, func(cfg *config.Config) {
 		w, _ := cfg.Provisioner("workers")
-		jwksFile := filepath.Join(t.TempDir(), "k8s-jwks.json")
-		b, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &k8s.key.PublicKey, KeyID: k8s.kid, Algorithm: "ES256", Use: "sig"}}})
-		if err := os.WriteFile(jwksFile, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		jwksFile := k8s.jwksFile(t, t.TempDir())
 		w.Attestors = []config.Attestor{
 			{Name: "ci", Type: config.AttestorOIDC, Issuer: o.srv.URL, Audience: "crank-ca", CAFile: o.caFile},
 			{Name: "k8s", Type: config.AttestorKubernetes, Issuer: k8s.srv.URL, Audience: "crank-ca",

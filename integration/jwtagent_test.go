@@ -2,13 +2,8 @@ package integration
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
-
 	"github.com/crank-platform/crank-ca/config"
 	"github.com/crank-platform/crank-ca/internal/agent"
 )
@@ -30,47 +22,15 @@ import (
 // crank-agent --jwt-file) end to end against the real CA, the test acting
 // as the OIDC issuer whose keys the CA reads from a JWKS file.
 
-const jwtIssuerURL = "https://issuer.test"
-
-// jwtIssuer signs OIDC identity tokens with an ES256 key.
-type jwtIssuer struct {
-	t      *testing.T
-	signer jose.Signer
-	key    *ecdsa.PrivateKey
-}
-
-func newJWTIssuer(t *testing.T) *jwtIssuer {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &jwtIssuer{t: t, signer: signer, key: key}
-}
-
 // mint returns a JWT for sub issued at iat and valid for life (negative:
 // expired), with a unique jti.
-func (i *jwtIssuer) mint(sub string, iat time.Time, life time.Duration) string {
-	i.t.Helper()
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
+func (o *oidcIssuer) mint(sub string, iat time.Time, life time.Duration) string {
+	o.t.Helper()
 	exp := iat.Add(life)
 	if life < 0 {
 		iat, exp = iat.Add(2*life), iat.Add(life)
 	}
-	s, err := jwt.Signed(i.signer).Claims(jwt.Claims{
-		Issuer: jwtIssuerURL, Subject: sub, Audience: jwt.Audience{"crank-ca"},
-		IssuedAt: jwt.NewNumericDate(iat), Expiry: jwt.NewNumericDate(exp),
-		ID: base64.RawURLEncoding.EncodeToString(b),
-	}).Serialize()
-	if err != nil {
-		i.t.Fatal(err)
-	}
-	return s
+	return o.token(sub, tokenOpts{iat: iat, exp: exp})
 }
 
 // writeJWT replaces the JWT file as the kubelet does: a new file renamed
@@ -89,19 +49,12 @@ func writeJWT(t *testing.T, path, tok string) {
 // jwtAgentCA is a CA whose "workers" provisioner has an OIDC attestor "ci"
 // trusting iss (keys from a JWKS file in the CA directory); OIDC's default
 // worker template maps sub to the worker name.
-func jwtAgentCA(t *testing.T, iss *jwtIssuer, mutate ...func(*config.Config)) *ca {
+func jwtAgentCA(t *testing.T, iss *oidcIssuer, mutate ...func(*config.Config)) *ca {
 	t.Helper()
 	return newCA(t, func(cfg *config.Config) {
-		jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &iss.key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(cfg.Dir, "issuer-jwks.json")
-		if err := os.WriteFile(path, jwks, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		path := iss.jwksFile(t, cfg.Dir)
 		w, _ := cfg.Provisioner("workers")
-		w.Attestors = []config.Attestor{{Name: "ci", Type: config.AttestorOIDC, Issuer: jwtIssuerURL, Audience: "crank-ca",
+		w.Attestors = []config.Attestor{{Name: "ci", Type: config.AttestorOIDC, Issuer: iss.srv.URL, Audience: "crank-ca",
 			KeySource: config.KeySourceJWKSFile, JWKSFile: path}}
 		for _, m := range mutate {
 			m(cfg)
@@ -113,17 +66,7 @@ func jwtAgentCA(t *testing.T, iss *jwtIssuer, mutate ...func(*config.Config)) *c
 // newJWTAgent builds an agent that joins with the JWT in jwtFile.
 func (c *ca) newJWTAgent(t *testing.T, worker, jwtFile, stateDir string, logs *syncBuffer) *agent.Agent {
 	t.Helper()
-	a, err := agent.New(agent.Config{
-		CAURL: c.url, Fingerprint: c.fingerprint(), JWTFile: jwtFile, Worker: worker, StateDir: stateDir,
-		Logger:      slog.New(slog.NewTextHandler(logs, nil)),
-		RetryMin:    200 * time.Millisecond,
-		RetryMax:    2 * time.Second,
-		HTTPTimeout: 5 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
+	return c.newTestAgent(t, agent.Config{JWTFile: jwtFile, Worker: worker, StateDir: stateDir}, logs)
 }
 
 // stateAccount reads the account the agent recorded in its state directory.
@@ -180,7 +123,7 @@ func waitLog(t *testing.T, logs *syncBuffer, want string, limit time.Duration) {
 // refused token and a token for another worker fail Start, saying why.
 func TestJWTAgentEnrols(t *testing.T) {
 	t.Parallel()
-	iss := newJWTIssuer(t)
+	iss := newOIDCIssuer(t)
 	c := jwtAgentCA(t, iss)
 	c.start()
 
@@ -275,12 +218,11 @@ func TestJWTAgentEnrols(t *testing.T) {
 // after maxBindingAge; the agent attests again with the fresh token in the
 // file, registers a new account with a new key, renews with it, and the
 // certificate it serves never expires meanwhile.
-func TestJWTAgentReattests(t *testing.T) {
-	t.Parallel()
-	if testing.Short() {
-		t.Skip("waits for renewals")
-	}
-	iss := newJWTIssuer(t)
+// startAgingJWTAgent starts a JWT agent for worker hello on a CA with
+// 20-second certificates whose attested bindings age out after 5 minutes.
+func startAgingJWTAgent(t *testing.T) (*oidcIssuer, *ca, string, string, *syncBuffer, *agent.Agent) {
+	t.Helper()
+	iss := newOIDCIssuer(t)
 	c := jwtAgentCA(t, iss, shortLived(20*time.Second), func(cfg *config.Config) {
 		w, _ := cfg.Provisioner("workers")
 		w.MaxBindingAge = config.Dur(5 * time.Minute)
@@ -289,11 +231,20 @@ func TestJWTAgentReattests(t *testing.T) {
 	jwtFile := filepath.Join(t.TempDir(), "token")
 	writeJWT(t, jwtFile, iss.mint("hello", c.clock.Now(), 10*time.Minute))
 	state := filepath.Join(t.TempDir(), "state")
-	var logs syncBuffer
-	a := c.newJWTAgent(t, "hello", jwtFile, state, &logs)
+	logs := &syncBuffer{}
+	a := c.newJWTAgent(t, "hello", jwtFile, state, logs)
 	if err := a.Start(t.Context()); err != nil {
 		t.Fatalf("start: %v\n%s", err, logs.String())
 	}
+	return iss, c, jwtFile, state, logs, a
+}
+
+func TestJWTAgentReattests(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("waits for renewals")
+	}
+	iss, c, jwtFile, state, logs, a := startAgingJWTAgent(t)
 	first := readStateAccount(t, state)
 
 	// Current() must never hand out an expired certificate.
@@ -339,7 +290,7 @@ func TestJWTAgentReattests(t *testing.T) {
 	// The platform rotates the token; the binding ages out.
 	writeJWT(t, jwtFile, iss.mint("hello", c.clock.Now(), time.Hour))
 	c.clock.Advance(6 * time.Minute)
-	waitLog(t, &logs, "attesting again", 40*time.Second)
+	waitLog(t, logs, "attesting again", 40*time.Second)
 	waitRotation("after re-attestation")
 	second := readStateAccount(t, state)
 	if second.URI == first.URI || second.Key == first.Key || second.KID == first.KID || !second.Attested {
@@ -382,28 +333,15 @@ func TestJWTAgentStaleTokenFile(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name  string
-		stale func(iss *jwtIssuer, c *ca) string // "" keeps the spent token
+		stale func(iss *oidcIssuer, c *ca) string // "" keeps the spent token
 		check string
 	}{
-		{"expired JWT", func(iss *jwtIssuer, c *ca) string { return iss.mint("hello", c.clock.Now(), -10*time.Minute) }, "expiry"},
-		{"spent JWT", func(*jwtIssuer, *ca) string { return "" }, "jti"},
+		{"expired JWT", func(iss *oidcIssuer, c *ca) string { return iss.mint("hello", c.clock.Now(), -10*time.Minute) }, "expiry"},
+		{"spent JWT", func(*oidcIssuer, *ca) string { return "" }, "jti"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			iss := newJWTIssuer(t)
-			c := jwtAgentCA(t, iss, shortLived(20*time.Second), func(cfg *config.Config) {
-				w, _ := cfg.Provisioner("workers")
-				w.MaxBindingAge = config.Dur(5 * time.Minute)
-			})
-			c.start()
-			jwtFile := filepath.Join(t.TempDir(), "token")
-			writeJWT(t, jwtFile, iss.mint("hello", c.clock.Now(), 10*time.Minute))
-			state := filepath.Join(t.TempDir(), "state")
-			var logs syncBuffer
-			a := c.newJWTAgent(t, "hello", jwtFile, state, &logs)
-			if err := a.Start(t.Context()); err != nil {
-				t.Fatalf("start: %v\n%s", err, logs.String())
-			}
+			iss, c, jwtFile, state, logs, a := startAgingJWTAgent(t)
 			first := readStateAccount(t, state)
 			done := make(chan error, 1)
 			go func() { done <- a.Run(t.Context()) }()
@@ -413,7 +351,7 @@ func TestJWTAgentStaleTokenFile(t *testing.T) {
 			}
 			c.clock.Advance(6 * time.Minute)
 			line := "renewal stopped: the CA refused the attestation"
-			waitLog(t, &logs, line, 40*time.Second)
+			waitLog(t, logs, line, 40*time.Second)
 			held := a.Current()
 			var refusal string
 			for _, l := range strings.Split(logs.String(), "\n") {
@@ -464,7 +402,7 @@ func TestJWTAgentCrankAgent(t *testing.T) {
 		t.Skip("builds and runs the binary")
 	}
 	bin := binary(t, "crank-agent")
-	iss := newJWTIssuer(t)
+	iss := newOIDCIssuer(t)
 	c := jwtAgentCA(t, iss)
 	c.start()
 	tmp := t.TempDir()
@@ -513,7 +451,7 @@ func TestJWTAgentHelloWorker(t *testing.T) {
 		t.Skip("builds and runs the binary")
 	}
 	bin := binary(t, "hello-worker")
-	iss := newJWTIssuer(t)
+	iss := newOIDCIssuer(t)
 	c := jwtAgentCA(t, iss)
 	c.start()
 	jwtFile := filepath.Join(t.TempDir(), "token")
