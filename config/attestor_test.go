@@ -44,6 +44,14 @@ func TestValidateAttestors(t *testing.T) {
 			"provisioners[0].attestors[2]: allow, dnsTemplates and tokenReview are only valid",
 			"provisioners[0].attestors[2].worker: unknown placeholder {name}",
 		}},
+		{name: "template braces", mutate: func(c *Config) {
+			a := k8s()
+			a.DNSTemplates = []string{"}{namespace}.workers.{trustDomain}", "{namespace.workers.{trustDomain}"}
+			c.Provisioners[0].Attestors = []Attestor{a}
+		}, want: []string{
+			`provisioners[0].attestors[0].dnsTemplates[0]: unmatched '}'`,
+			`provisioners[0].attestors[0].dnsTemplates[1]: unclosed '{'`,
+		}},
 		{name: "attestors and maxBindingAge on acme", mutate: func(c *Config) {
 			c.Provisioners[1].Attestors = []Attestor{k8s()}
 			c.Provisioners[1].MaxBindingAge = Dur(time.Hour)

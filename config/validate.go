@@ -386,38 +386,6 @@ func (a *Attestor) validate(ps *problems, path string) {
 	}
 }
 
-// checkPlaceholders accepts templates whose {...} placeholders are among
-// names ("claim:*" admits any "claim:NAME").
-func checkPlaceholders(t string, names ...string) error {
-	if t == "" {
-		return errors.New("must not be empty")
-	}
-	for rest := t; ; {
-		open := strings.IndexByte(rest, '{')
-		if open < 0 {
-			if strings.Contains(rest, "}") {
-				return fmt.Errorf("unmatched '}' in %q", t)
-			}
-			return nil
-		}
-		end := strings.IndexByte(rest[open:], '}')
-		if end < 0 {
-			return fmt.Errorf("unclosed '{' in %q", t)
-		}
-		name := rest[open+1 : open+end]
-		ok := false
-		for _, n := range names {
-			if n == name || strings.HasSuffix(n, "*") && strings.HasPrefix(name, strings.TrimSuffix(n, "*")) && len(name) > len(n)-1 {
-				ok = true
-			}
-		}
-		if !ok {
-			return fmt.Errorf("unknown placeholder {%s} in %q", name, t)
-		}
-		rest = rest[open+end+1:]
-	}
-}
-
 // checkSuffixes accepts DNS names with an optional leading dot, without
 // duplicates.
 func checkSuffixes(ps *problems, path string, suffixes []string) {
@@ -549,6 +517,13 @@ func checkTrustDomain(td string) error {
 // checkTemplate accepts strings whose only {...} placeholders are {worker}
 // and {trustDomain}.
 func checkTemplate(t string) error {
+	return checkPlaceholders(t, "worker", "trustDomain")
+}
+
+// checkPlaceholders accepts non-empty templates with balanced braces whose
+// {...} placeholders are all among names ("claim:*" admits any
+// "claim:NAME").
+func checkPlaceholders(t string, names ...string) error {
 	if t == "" {
 		return errors.New("must not be empty")
 	}
@@ -565,13 +540,25 @@ func checkTemplate(t string) error {
 		if end < 0 || rest[open+1+end] != '}' {
 			return fmt.Errorf("unclosed '{' in %q", t)
 		}
-		switch name := rest[open+1 : open+1+end]; name {
-		case "worker", "trustDomain":
-		default:
-			return fmt.Errorf("unknown placeholder {%s} in %q; only {worker} and {trustDomain} are allowed", name, t)
+		name := rest[open+1 : open+1+end]
+		if !placeholderAllowed(name, names) {
+			allowed := make([]string, len(names))
+			for i, n := range names {
+				allowed[i] = "{" + strings.ReplaceAll(n, "*", "NAME") + "}"
+			}
+			return fmt.Errorf("unknown placeholder {%s} in %q; only %s are allowed", name, t, strings.Join(allowed, " and "))
 		}
 		rest = rest[open+1+end+1:]
 	}
+}
+
+func placeholderAllowed(name string, names []string) bool {
+	for _, n := range names {
+		if prefix, wild := strings.CutSuffix(n, "*"); wild && strings.HasPrefix(name, prefix) && len(name) > len(prefix) || n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // isDNSLabel reports whether s matches [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?,
