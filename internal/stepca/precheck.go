@@ -66,7 +66,7 @@ func (l *linker) precheck(ctx context.Context, r *http.Request, route string, sp
 			return l.precheckEAB(ctx, spec, eab)
 		}
 	case strings.HasSuffix(route, "/account/{accID}"):
-		if err := checkKIDMatchesPath(body, chi.URLParam(r, "accID")); err != nil {
+		if err := checkKIDMatchesPath(jws, chi.URLParam(r, "accID")); err != nil {
 			return err
 		}
 		contacts, err := decodeAccountUpdate(payload)
@@ -166,11 +166,8 @@ func invalidContact(format string, args ...any) *acme.Error {
 
 // checkKIDMatchesPath refuses a request to /account/X signed as another
 // account: smallstep answers with the signer's account whatever X is.
-func checkKIDMatchesPath(body []byte, accID string) error {
-	jws, err := jose.ParseJWS(string(body))
-	if err != nil || len(jws.Signatures) != 1 {
-		return nil
-	}
+// The precheck has parsed the JWS and checked it has one signature.
+func checkKIDMatchesPath(jws *jose.JSONWebSignature, accID string) error {
 	kid := jws.Signatures[0].Protected.KeyID
 	if kid == "" {
 		return nil
