@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -250,6 +251,22 @@ func (c *ca) enrolWithCredentials(t *testing.T, prov string, r attestResp) (*cer
 	return obtain(t, c, cl.Certificate, r.creds.DNSNames...)
 }
 
+// enrolAttestedSVID enrols with attested credentials and checks that the
+// leaf is an X.509-SVID for exactly spiffeID.
+func (c *ca) enrolAttestedSVID(t *testing.T, prov string, r attestResp, spiffeID string) *x509.Certificate {
+	t.Helper()
+	res, err := c.enrolWithCredentials(t, prov, r)
+	if err != nil {
+		t.Fatalf("enrol: %v\n%s", err, rawTail(c.logs.String(), 15))
+	}
+	leaf := parseChain(t, res.Certificate)[0]
+	if got := uris(leaf); len(got) != 1 || got[0] != spiffeID {
+		t.Errorf("URIs %v, want %s", got, spiffeID)
+	}
+	checkSVIDProfile(t, leaf)
+	return leaf
+}
+
 func TestAttestOIDCAndKubernetes(t *testing.T) {
 	t.Parallel()
 	o, k8s := newOIDCIssuer(t), newOIDCIssuer(t)
@@ -264,15 +281,7 @@ func TestAttestOIDCAndKubernetes(t *testing.T) {
 		if r.creds.SPIFFEID != "spiffe://crank.internal/worker/hello" || r.creds.Directory != c.directory("workers") {
 			t.Errorf("credentials: %+v", r.creds)
 		}
-		res, err := c.enrolWithCredentials(t, "workers", r)
-		if err != nil {
-			t.Fatalf("enrol: %v\n%s", err, rawTail(c.logs.String(), 15))
-		}
-		leaf := parseChain(t, res.Certificate)[0]
-		if got := uris(leaf); len(got) != 1 || got[0] != "spiffe://crank.internal/worker/hello" {
-			t.Errorf("URIs %v", got)
-		}
-		checkSVIDProfile(t, leaf)
+		c.enrolAttestedSVID(t, "workers", r, "spiffe://crank.internal/worker/hello")
 		// The credentials are single use.
 		if _, err := c.enrolWithCredentials(t, "workers", r); err == nil {
 			t.Error("attested credentials registered a second account")
@@ -287,15 +296,7 @@ func TestAttestOIDCAndKubernetes(t *testing.T) {
 		if r.creds.SPIFFEID != "spiffe://crank.internal/ns/team-a/sa/billing" || len(r.creds.DNSNames) != 1 || r.creds.DNSNames[0] != "billing.team-a.workers.crank.internal" {
 			t.Errorf("credentials: %+v", r.creds)
 		}
-		res, err := c.enrolWithCredentials(t, "workers", r)
-		if err != nil {
-			t.Fatalf("enrol: %v\n%s", err, rawTail(c.logs.String(), 15))
-		}
-		leaf := parseChain(t, res.Certificate)[0]
-		if got := uris(leaf); len(got) != 1 || got[0] != "spiffe://crank.internal/ns/team-a/sa/billing" {
-			t.Errorf("URIs %v", got)
-		}
-		checkSVIDProfile(t, leaf)
+		c.enrolAttestedSVID(t, "workers", r, "spiffe://crank.internal/ns/team-a/sa/billing")
 		logs := c.logs.String()
 		if !strings.Contains(logs, "pod=billing-7d9f") || !strings.Contains(logs, "podUID=uid-billing-7d9f") {
 			t.Errorf("the pod is not in the audit stream:\n%s", rawTail(logs, 10))

@@ -794,18 +794,10 @@ func TestAttestKubernetesReal(t *testing.T) {
 	if r.status != http.StatusCreated {
 		t.Fatalf("attest: %d %s\n%s", r.status, r.body, rawTail(c.logs.String(), 10))
 	}
-	res, err := c.enrolWithCredentials(t, "workers", r)
-	if err != nil {
-		t.Fatalf("enrol: %v", err)
-	}
-	leaf := parseChain(t, res.Certificate)[0]
-	if got := uris(leaf); len(got) != 1 || got[0] != "spiffe://crank.internal/ns/team-a/sa/billing" {
-		t.Errorf("URIs %v", got)
-	}
+	leaf := c.enrolAttestedSVID(t, "workers", r, "spiffe://crank.internal/ns/team-a/sa/billing")
 	if len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != "billing.team-a.workers.crank.internal" {
 		t.Errorf("DNS names %v", leaf.DNSNames)
 	}
-	checkSVIDProfile(t, leaf)
 	if !strings.Contains(c.logs.String(), "pod=billing-0") {
 		t.Error("the pod name is not in the audit stream")
 	}
