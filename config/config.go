@@ -83,6 +83,9 @@ type Storage struct {
 	// ("postgresql://user:pass@host:5432/db?sslmode=verify-full") or in
 	// libpq key=value form. Must be empty for bbolt.
 	DSN string `json:"dsn,omitempty"`
+	// MaxConns sizes the PostgreSQL connection pool of each replica.
+	// Default 16 for postgresql; must be absent for bbolt.
+	MaxConns int `json:"maxConns,omitempty"`
 }
 
 // Retention controls the cleanup of data that is no longer needed.

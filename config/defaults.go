@@ -13,6 +13,7 @@ const (
 	DefaultIntermediateKey  = "pki/intermediate.key"
 	DefaultTokenKeyFile     = "secrets/token.key"
 	DefaultBoltPath         = "db/crank-ca.db"
+	DefaultMaxConns         = 16
 	DefaultLogLevel         = "info"
 	DefaultLogFormat        = "text"
 	DefaultSPIFFEIDTemplate = "spiffe://{trustDomain}/worker/{worker}"
@@ -101,8 +102,11 @@ func (c *Config) ApplyDefaults() {
 	setDuration(&c.PKI.ServerCertLifetime, DefaultServerCertLifetime)
 
 	setString(&c.Storage.Type, StorageBolt)
-	if c.Storage.Type == StorageBolt {
+	switch c.Storage.Type {
+	case StorageBolt:
 		setString(&c.Storage.Path, DefaultBoltPath)
+	case StoragePostgreSQL:
+		setInt(&c.Storage.MaxConns, DefaultMaxConns)
 	}
 
 	setString(&c.TokenKeyFile, DefaultTokenKeyFile)

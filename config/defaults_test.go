@@ -85,7 +85,7 @@ func TestApplyDefaults(t *testing.T) {
 					RootCert: "pki/root.crt", IntermediateCert: "pki/intermediate.crt", IntermediateKey: "pki/intermediate.key",
 					ServerCertLifetime: Dur(24 * time.Hour),
 				},
-				Storage:      Storage{Type: "postgresql", DSN: "host=db"},
+				Storage:      Storage{Type: "postgresql", DSN: "host=db", MaxConns: 16},
 				TokenKeyFile: "secrets/token.key",
 				Retention:    Retention{ExpiredCertificates: Dur(24 * time.Hour), Interval: Dur(time.Hour), UnusedAccounts: Dur(24 * time.Hour)},
 				Log:          Log{Level: "debug", Format: "text"},
@@ -107,12 +107,12 @@ func TestApplyDefaults(t *testing.T) {
 			},
 		},
 		{
-			name: "postgresql gets no bbolt path",
+			name: "postgresql gets a pool size and no bbolt path",
 			in:   &Config{Storage: Storage{Type: StoragePostgreSQL}},
 			want: func() *Config {
 				c := &Config{}
 				c.ApplyDefaults()
-				c.Storage = Storage{Type: StoragePostgreSQL}
+				c.Storage = Storage{Type: StoragePostgreSQL, MaxConns: DefaultMaxConns}
 				return c
 			}(),
 		},

@@ -101,6 +101,9 @@ func (c *Config) validateStorage(ps *problems) {
 		if s.DSN != "" {
 			ps.addf("storage.dsn", "only valid for storage type %q", StoragePostgreSQL)
 		}
+		if s.MaxConns != 0 {
+			ps.addf("storage.maxConns", "only valid for storage type %q", StoragePostgreSQL)
+		}
 	case StoragePostgreSQL:
 		if s.Path != "" {
 			ps.addf("storage.path", "only valid for storage type %q", StorageBolt)
@@ -109,6 +112,9 @@ func (c *Config) validateStorage(ps *problems) {
 			ps.addf("storage.dsn", "required for storage type %q", StoragePostgreSQL)
 		} else if err := checkDSN(s.DSN); err != nil {
 			ps.addf("storage.dsn", "%v", err)
+		}
+		if s.MaxConns < 1 || s.MaxConns > 1000 {
+			ps.addf("storage.maxConns", "must be 1 to 1000; got %d", s.MaxConns)
 		}
 	default:
 		ps.addf("storage.type", "must be %q or %q; got %q", StorageBolt, StoragePostgreSQL, s.Type)

@@ -76,8 +76,10 @@ func TestValidate(t *testing.T) {
 		{name: "storage type unknown", mutate: func(c *Config) { c.Storage.Type = "postgres" },
 			want: []string{`storage.type: must be "bbolt" or "postgresql"; got "postgres"`}},
 		{name: "bbolt with postgresql fields", mutate: func(c *Config) {
-			c.Storage = Storage{Type: StorageBolt, DSN: "host=db"}
-		}, want: []string{"storage.path: required", `storage.dsn: only valid for storage type "postgresql"`}},
+			c.Storage = Storage{Type: StorageBolt, DSN: "host=db", MaxConns: 4}
+		}, want: []string{"storage.path: required", `storage.dsn: only valid for storage type "postgresql"`, `storage.maxConns: only valid for storage type "postgresql"`}},
+		{name: "postgresql pool size out of range", base: pgBase, mutate: func(c *Config) { c.Storage.MaxConns = 1001 },
+			want: []string{"storage.maxConns: must be 1 to 1000; got 1001"}},
 		{name: "postgresql with bbolt fields", base: pgBase, mutate: func(c *Config) {
 			c.Storage.Path, c.Storage.DSN = "x.db", ""
 		}, want: []string{`storage.path: only valid for storage type "bbolt"`, `storage.dsn: required for storage type "postgresql"`}},

@@ -230,7 +230,7 @@ func httpsClient(caFile string) (*http.Client, error) {
 func Storage(cfg *config.Config) stepca.Storage {
 	switch cfg.Storage.Type {
 	case config.StoragePostgreSQL:
-		return stepca.Storage{Type: "postgresql", DataSource: cfg.Storage.DSN}
+		return stepca.Storage{Type: "postgresql", DataSource: cfg.Storage.DSN, MaxConns: int32(cfg.Storage.MaxConns)} //nolint:gosec // validated to 1..1000
 	default:
 		return stepca.Storage{Type: "bbolt", DataSource: cfg.Resolve(cfg.Storage.Path)}
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 	"github.com/smallstep/certificates/acme"
 	acmeapi "github.com/smallstep/certificates/acme/api"
 	acmenosql "github.com/smallstep/certificates/acme/db/nosql"
@@ -41,17 +39,20 @@ const maxRequestBody = 256 << 10
 
 // CA is an embedded smallstep authority serving crank-ca's ACME directories.
 type CA struct {
-	now     func() time.Time
-	ari     ari.Band
-	auth    *authority.Authority
-	db      *acmeDB
-	store   *store.Store
-	nosql   nosql.DB
-	sql     *sql.DB // PostgreSQL only: atomic token spending across replicas
-	linker  *linker
-	log     *slog.Logger
-	audit   *slog.Logger
-	handler http.Handler
+	now    func() time.Time
+	ari    ari.Band
+	auth   *authority.Authority
+	db     *acmeDB
+	store  *store.Store
+	nosql  nosql.DB
+	data   *storeDB
+	nonces *nonceSource
+	// stopBackground ends the CA's own loops (pruning spent nonces).
+	stopBackground context.CancelFunc
+	linker         *linker
+	log            *slog.Logger
+	audit          *slog.Logger
+	handler        http.Handler
 }
 
 // New opens the store, builds the authority and its ACME handler. The caller
@@ -87,7 +88,6 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	}
 	authCfg := &authconfig.Config{
 		CRL: crl,
-		DB:  &stepdb.Config{Type: cfg.Storage.Type, DataSource: cfg.Storage.DataSource},
 		AuthorityConfig: &authconfig.AuthConfig{
 			Provisioners: provs,
 			// The root's own lifetime bounds nothing here; claims come from
@@ -95,33 +95,28 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 			DisableIssuedAtCheck: true,
 		},
 	}
+	data, err := openDatabase(ctx, cfg.Storage)
+	if err != nil {
+		return nil, err
+	}
 	auth, err := authority.NewEmbedded(
 		authority.WithConfig(authCfg),
+		authority.WithDatabase(data.authorityDB()),
 		authority.WithX509RootCerts(cfg.Root),
 		authority.WithX509Signer(cfg.Intermediate, cfg.Signer),
 		authority.WithX509Enforcers(issuerLifetimeEnforcer{issuer: cfg.Intermediate}),
 		authority.WithQuietInit(),
 	)
 	if err != nil {
+		_ = data.Close()
 		return nil, fmt.Errorf("stepca: build authority: %w", err)
-	}
-	ndb, ok := auth.GetDatabase().(nosql.DB)
-	if !ok {
-		_ = auth.Shutdown()
-		return nil, errors.New("stepca: authority database is not a nosql database")
-	}
-	sqlDB, err := openSQL(cfg.Storage)
-	if err != nil {
-		_ = auth.Shutdown()
-		return nil, err
 	}
 	closeAll := func() {
 		_ = auth.Shutdown()
-		if sqlDB != nil {
-			_ = sqlDB.Close()
-		}
+		_ = data.Close()
 	}
-	st, err := store.New(store.Config{DB: ndb, SQL: sqlDB, Now: now})
+	ndb := data.DB
+	st, err := store.New(store.Config{DB: ndb, Now: now})
 	if err != nil {
 		closeAll()
 		return nil, fmt.Errorf("stepca: %w", err)
@@ -131,8 +126,13 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		closeAll()
 		return nil, fmt.Errorf("stepca: open ACME tables: %w", err)
 	}
+	nonces, err := newNonceSource(ctx, st, cfg.Storage.Type == "postgresql", now, logger)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
 	tokens := &tokenChecker{key: cfg.TokenKey, store: st, now: now, audit: audit}
-	adb := &acmeDB{DB: inner, specs: specsByID(specs), store: st, tokens: tokens, log: logger, audit: audit, now: now,
+	adb := &acmeDB{nonces: nonces.Source, DB: inner, specs: specsByID(specs), store: st, tokens: tokens, log: logger, audit: audit, now: now,
 		pending:   limit.NewPending(now),
 		isRevoked: func(serial string) bool { r, _ := auth.IsRevoked(serial); return r }}
 	lk := &linker{
@@ -144,7 +144,9 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		rates:   limit.NewRates(now),
 		now:     now,
 	}
-	c := &CA{now: now, ari: cfg.ARI, auth: auth, db: adb, store: st, nosql: ndb, sql: sqlDB, linker: lk, log: logger, audit: audit}
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	go nonces.prune(bg, now, logger)
+	c := &CA{nonces: nonces, stopBackground: stop, now: now, ari: cfg.ARI, auth: auth, db: adb, store: st, nosql: ndb, data: data, linker: lk, log: logger, audit: audit}
 	c.handler = c.routes()
 	return c, nil
 }
@@ -221,25 +223,10 @@ func (c *CA) NoSQL() nosql.DB { return c.nosql }
 
 // Close shuts the authority down and releases the store.
 func (c *CA) Close() error {
-	err := c.auth.Shutdown()
-	if c.sql != nil {
-		err = errors.Join(err, c.sql.Close())
-	}
-	return err
-}
-
-// openSQL opens a plain SQL connection to a PostgreSQL store (nil for
-// embedded stores); see store.Config.SQL for why.
-func openSQL(st Storage) (*sql.DB, error) {
-	if st.Type != "postgresql" {
-		return nil, nil //nolint:nilnil // no SQL connection for embedded stores
-	}
-	db, err := sql.Open("pgx", st.DataSource)
-	if err != nil {
-		return nil, fmt.Errorf("stepca: open PostgreSQL: %w", err)
-	}
-	db.SetMaxOpenConns(4)
-	return db, nil
+	c.stopBackground()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return errors.Join(c.nonces.save(ctx), c.auth.Shutdown(), c.data.Close())
 }
 
 func (c *CA) routes() http.Handler {
@@ -291,6 +278,7 @@ func (c *CA) routes() http.Handler {
 			return
 		}
 		r.ServeHTTP(w, req)
+		c.db.releaseClaim(ctx)
 	})
 }
 

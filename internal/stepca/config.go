@@ -123,6 +123,8 @@ type Storage struct {
 	Type string
 	// DataSource is a file path for embedded stores or a DSN for PostgreSQL.
 	DataSource string
+	// MaxConns sizes the PostgreSQL connection pool.
+	MaxConns int32
 }
 
 // Config is everything New needs.

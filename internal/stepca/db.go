@@ -16,6 +16,7 @@ import (
 
 	"github.com/crank-platform/crank-ca/internal/ari"
 	"github.com/crank-platform/crank-ca/internal/limit"
+	"github.com/crank-platform/crank-ca/internal/nonce"
 	"github.com/crank-platform/crank-ca/internal/store"
 	"github.com/crank-platform/crank-ca/provisioner"
 )
@@ -36,20 +37,27 @@ type acmeDB struct {
 	isRevoked func(serial string) bool
 	// pending counts each account's unfinished orders (limits).
 	pending *limit.Pending
+	nonces  *nonce.Source
 }
 
-// DeleteNonce consumes a nonce. On PostgreSQL it is one atomic DELETE, so a
-// nonce is single-use across replicas and concurrent requests (RFC 8555
-// section 6.5); embedded stores keep smallstep's transaction.
-func (d *acmeDB) DeleteNonce(ctx context.Context, nonce acme.Nonce) error {
-	ok, handled, err := d.store.ConsumeNonce(ctx, string(nonce))
-	switch {
-	case !handled:
-		return d.DB.DeleteNonce(ctx, nonce)
+// CreateNonce issues an authenticated nonce: nothing is written (see
+// package nonce).
+func (d *acmeDB) CreateNonce(context.Context) (acme.Nonce, error) {
+	n, err := d.nonces.New()
+	if err != nil {
+		return "", acme.WrapErrorISE(err, "error creating nonce")
+	}
+	return acme.Nonce(n), nil
+}
+
+// DeleteNonce spends a nonce: of any number of uses, at one replica or
+// several, exactly one is accepted (RFC 8555 section 6.5).
+func (d *acmeDB) DeleteNonce(ctx context.Context, n acme.Nonce) error {
+	switch err := d.nonces.Consume(ctx, string(n)); {
+	case errors.Is(err, nonce.ErrMalformed), errors.Is(err, nonce.ErrExpired), errors.Is(err, nonce.ErrSpent):
+		return acme.NewError(acme.ErrorBadNonceType, "%v", err)
 	case err != nil:
 		return acme.WrapErrorISE(err, "error consuming nonce")
-	case !ok:
-		return acme.NewError(acme.ErrorBadNonceType, "nonce %s not found", string(nonce))
 	}
 	return nil
 }

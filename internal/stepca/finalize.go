@@ -3,7 +3,9 @@ package stepca
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -33,9 +35,17 @@ func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.
 		return nil, err
 	}
 	st := stateFrom(ctx)
+	if err := f.db.claim(ctx, st.orderID); err != nil {
+		return nil, err
+	}
+	// Read after the claim: a finalize that read the order before another
+	// one completed it must not sign it again.
 	o, err := f.db.GetOrder(ctx, st.orderID)
 	if err != nil {
 		return nil, acme.WrapErrorISE(err, "error reading order %s", st.orderID)
+	}
+	if o.Status == acme.StatusValid || o.Status == acme.StatusInvalid || o.CertificateID != "" {
+		return nil, acme.NewDetailedError(acme.ErrorOrderNotReadyType, "order %s was finalized meanwhile; fetch the order", o.ID)
 	}
 	acc, err := f.db.GetAccount(ctx, o.AccountID)
 	if err != nil {
@@ -78,6 +88,53 @@ func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.
 		return nil, acme.NewDetailedError(acme.ErrorUnauthorizedType, "%v", err)
 	}
 	return append(opts, leafProfile{identity: id}, issuanceValidator{identity: &id}), nil
+}
+
+// claimTTL is how long a finalize claim holds off others: longer than any
+// signing takes, short enough that an order whose finalizing replica died
+// can be finalized again soon.
+const claimTTL = time.Minute
+
+// claim makes this request the only finalizer of the order (see
+// store.ClaimOrder); the others get orderNotReady, never a second
+// certificate or a 500.
+func (d *acmeDB) claim(ctx context.Context, orderID string) error {
+	st := stateFrom(ctx)
+	if orderID == "" {
+		return acme.NewDetailedError(acme.ErrorMalformedType, "finalize names no order")
+	}
+	holder, err := randomHolder()
+	if err != nil {
+		return acme.WrapErrorISE(err, "error claiming order %s", orderID)
+	}
+	switch err := d.store.ClaimOrder(ctx, orderID, holder, claimTTL); {
+	case errors.Is(err, store.ErrClaimed):
+		return acme.NewDetailedError(acme.ErrorOrderNotReadyType, "order %s is being finalized by another request; fetch the order", orderID)
+	case err != nil:
+		return acme.WrapErrorISE(err, "error claiming order %s", orderID)
+	}
+	st.claim = holder
+	return nil
+}
+
+// releaseClaim ends this request's finalize claim, if it holds one.
+func (d *acmeDB) releaseClaim(ctx context.Context) {
+	st := stateFrom(ctx)
+	if st.claim == "" {
+		return
+	}
+	if err := d.store.ReleaseOrderClaim(context.WithoutCancel(ctx), st.orderID, st.claim); err != nil {
+		d.log.Warn("releasing a finalize claim", "order", st.orderID, "err", err)
+	}
+	st.claim = ""
+}
+
+func randomHolder() (string, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
 }
 
 // sameKey compares keys by their RFC 7638 thumbprint.

@@ -29,13 +29,11 @@ var (
 // ping in front of it fails fast when the server is gone, and callers that
 // must not block (the HTTP readiness cache) bound their own wait.
 func (c *CA) Ready(ctx context.Context) error {
-	if c.sql != nil {
-		pctx, cancel := context.WithTimeout(ctx, readyPingTimeout)
-		err := c.sql.PingContext(pctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("store: ping PostgreSQL: %w", err)
-		}
+	pctx, cancel := context.WithTimeout(ctx, readyPingTimeout)
+	err := c.data.ping(pctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("store: ping: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("store: %w", err)

@@ -33,6 +33,9 @@ type state struct {
 	csr     *x509.CertificateRequest
 	// retryAfter, in seconds, is sent with a rateLimited refusal.
 	retryAfter int
+	// claim is the finalize claim this request holds on orderID (a
+	// random holder name), released when the request ends.
+	claim string
 	// replaces is the certID of a new-order's "replaces" field (RFC 9773);
 	// read before smallstep verifies the request, used only after.
 	replaces string

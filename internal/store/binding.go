@@ -3,15 +3,12 @@ package store
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
 )
@@ -64,11 +61,6 @@ func (s *Store) SpendJTI(ctx context.Context, issuer, jti string, expires time.T
 type Config struct {
 	// DB is the open nosql database shared with smallstep.
 	DB nosql.DB
-	// SQL, when the store is PostgreSQL, is a connection to the same
-	// database. nosql's compare-and-swap from an absent key is an upsert
-	// there, which two replicas can both win; with SQL, spending a token is
-	// a plain INSERT ... ON CONFLICT DO NOTHING, which exactly one wins.
-	SQL *sql.DB
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -76,12 +68,7 @@ type Config struct {
 // Store reads and writes crank-ca's records.
 type Store struct {
 	db  nosql.DB
-	sql *sql.DB
 	now func() time.Time
-	// bindMu serialises spending tokens through nosql (embedded stores,
-	// or PostgreSQL without SQL), which makes a token single-use within one
-	// process whatever nosql's compare-and-swap does.
-	bindMu sync.Mutex
 }
 
 // New creates the tables it needs (idempotent) and returns a Store.
@@ -93,12 +80,12 @@ func New(cfg Config) (*Store, error) {
 	if now == nil {
 		now = time.Now
 	}
-	for _, t := range [][]byte{bindingTable, tokenUsesTable, certsTable, workersTable} {
+	for _, t := range [][]byte{bindingTable, tokenUsesTable, certsTable, workersTable, secretsTable, spentNoncesTable, orderClaimsTable} {
 		if err := cfg.DB.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("store: create table %s: %w", t, err)
 		}
 	}
-	return &Store{db: cfg.DB, sql: cfg.SQL, now: now}, nil
+	return &Store{db: cfg.DB, now: now}, nil
 }
 
 // tokenUseKey is the key of a spent token: a digest, because kids carry
@@ -147,22 +134,10 @@ func (s *Store) Bind(ctx context.Context, b Binding) error {
 }
 
 // spend records a token as used if it is not yet: ErrTokenUsed otherwise.
-func (s *Store) spend(ctx context.Context, key, val []byte) error {
-	if s.sql != nil {
-		res, err := s.sql.ExecContext(ctx,
-			"INSERT INTO "+pgx.Identifier{string(tokenUsesTable)}.Sanitize()+" (nkey, nvalue) VALUES ($1, $2) ON CONFLICT (nkey) DO NOTHING", key, val)
-		if err != nil {
-			return fmt.Errorf("store: spend token: %w", err)
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return fmt.Errorf("store: spend token: %w", err)
-		} else if n == 0 {
-			return ErrTokenUsed
-		}
-		return nil
-	}
-	s.bindMu.Lock()
-	defer s.bindMu.Unlock()
+// crank-ca's drivers make the compare-and-swap from "absent" atomic, also
+// across replicas on one PostgreSQL database, so of two concurrent spends
+// exactly one wins.
+func (s *Store) spend(_ context.Context, key, val []byte) error {
 	if _, swapped, err := s.db.CmpAndSwap(tokenUsesTable, key, nil, val); err != nil {
 		return fmt.Errorf("store: spend token: %w", err)
 	} else if !swapped {
@@ -185,24 +160,4 @@ func (s *Store) Binding(_ context.Context, accountID string) (Binding, error) {
 		return Binding{}, fmt.Errorf("store: decode binding of %s: %w", accountID, err)
 	}
 	return b, nil
-}
-
-// ConsumeNonce deletes an ACME nonce with one atomic statement when the
-// store is PostgreSQL: smallstep's read-then-delete lets two replicas (or
-// two requests) accept the same nonce. ok is false for an unknown or spent
-// nonce; handled is false when the store has no SQL connection and the
-// caller must use smallstep's own path.
-func (s *Store) ConsumeNonce(ctx context.Context, nonce string) (ok, handled bool, err error) {
-	if s.sql == nil {
-		return false, false, nil
-	}
-	res, err := s.sql.ExecContext(ctx, "DELETE FROM "+pgx.Identifier{string(nonceTable)}.Sanitize()+" WHERE nkey = $1", []byte(nonce))
-	if err != nil {
-		return false, true, fmt.Errorf("store: consume nonce: %w", err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, true, fmt.Errorf("store: consume nonce: %w", err)
-	}
-	return n == 1, true, nil
 }
