@@ -78,6 +78,9 @@ func newCA(t *testing.T, mutate func(*config.Config)) *ca {
 	}
 	if mutate != nil {
 		mutate(cfg)
+		// As Load does: defaults for what the mutation left unset (the
+		// pool size of a storage switched to PostgreSQL, say).
+		cfg.ApplyDefaults()
 		if err := cfg.Validate(); err != nil {
 			t.Fatalf("mutated config: %v", err)
 		}

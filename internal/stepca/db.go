@@ -5,11 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net/http"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/smallstep/certificates/acme"
@@ -226,9 +223,33 @@ func covered(ctx context.Context, accountID, value string) bool {
 	return st.identity.Covers("dns", value) || st.identity.Covers("ip", value)
 }
 
-// CreateChallenge stores the challenge; for a pre-authorized identifier it is
-// immediately marked valid so nobody can trigger a validation dial.
+// CreateChallenge records the challenge; for a pre-authorized identifier
+// it is valid from the start, so nobody can trigger a validation dial. In a
+// new-order it is written with the order (see writeNewOrder).
 func (d *acmeDB) CreateChallenge(ctx context.Context, ch *acme.Challenge) error {
+	w := stateFrom(ctx).newOrder
+	if w == nil {
+		return d.createChallengeNow(ctx, ch)
+	}
+	id, err := newRecordID()
+	if err != nil {
+		return acme.WrapErrorISE(err, "error generating challenge id")
+	}
+	ch.ID, ch.Status = id, acme.StatusPending
+	if covered(ctx, ch.AccountID, ch.Value) {
+		ch.Status = acme.StatusValid
+		ch.ValidatedAt = d.now().UTC().Format(time.RFC3339)
+	}
+	w.challenges = append(w.challenges, stepChallenge{
+		ID: ch.ID, AccountID: ch.AccountID, Value: ch.Value, Status: ch.Status, Token: ch.Token,
+		CreatedAt: stepNow(), Type: ch.Type, Target: ch.Target, ValidatedAt: ch.ValidatedAt,
+	})
+	return nil
+}
+
+// createChallengeNow is CreateChallenge outside a new-order (no caller in
+// smallstep today): smallstep's write, then the pre-authorization.
+func (d *acmeDB) createChallengeNow(ctx context.Context, ch *acme.Challenge) error {
 	if err := d.DB.CreateChallenge(ctx, ch); err != nil {
 		return err
 	}
@@ -273,11 +294,29 @@ func (d *acmeDB) UpdateChallenge(ctx context.Context, ch *acme.Challenge) error 
 // CreateAuthorization stores a pre-authorized identifier's authorization as
 // valid: the bound identity is the proof.
 func (d *acmeDB) CreateAuthorization(ctx context.Context, az *acme.Authorization) error {
+	st := stateFrom(ctx)
 	if covered(ctx, az.AccountID, az.Identifier.Value) {
 		az.Status = acme.StatusValid
-		stateFrom(ctx).preauthorized++
+		st.preauthorized++
 	}
-	return d.DB.CreateAuthorization(ctx, az)
+	if st.newOrder == nil {
+		return d.DB.CreateAuthorization(ctx, az)
+	}
+	id, err := newRecordID()
+	if err != nil {
+		return acme.WrapErrorISE(err, "error generating authorization id")
+	}
+	az.ID = id
+	rec := stepAuthz{
+		ID: az.ID, AccountID: az.AccountID, Status: az.Status, CreatedAt: stepNow(), ExpiresAt: az.ExpiresAt,
+		Identifier: az.Identifier, Token: az.Token, Fingerprint: az.Fingerprint, Wildcard: az.Wildcard,
+		ChallengeIDs: make([]string, len(az.Challenges)),
+	}
+	for i, ch := range az.Challenges {
+		rec.ChallengeIDs[i] = ch.ID
+	}
+	st.newOrder.authzs = append(st.newOrder.authzs, rec)
+	return nil
 }
 
 // backdateAllowance is smallstep's default backdate of an order's NotBefore;
@@ -378,85 +417,25 @@ func (d *acmeDB) listOrders(ctx context.Context, accID string, includeReady bool
 	return out, nil
 }
 
-// createOrder stores the order; an account whose order index an older
-// release left unreadable is repaired once and the order stored again.
+// createOrder stores the order with its request's records in one
+// transaction (see writeNewOrder), claiming the certificate it replaces.
 func (d *acmeDB) createOrder(ctx context.Context, o *acme.Order) error {
-	err := d.createOrderOnce(ctx, o)
-	if err == nil || !strings.Contains(err.Error(), "unmarshaling orderIDs") {
-		return err
-	}
-	if repaired, rerr := d.store.RepairOrderIndex(ctx, o.AccountID); rerr != nil || !repaired {
-		return err
-	}
-	d.log.Warn("repaired an unreadable order index", "account", o.AccountID)
-	return d.createOrderOnce(ctx, o)
-}
-
-func (d *acmeDB) createOrderOnce(ctx context.Context, o *acme.Order) error {
 	replaces := stateFrom(ctx).replaces
-	if replaces == "" {
-		return d.DB.CreateOrder(ctx, o)
-	}
-	// RFC 9773 section 5: the replaced certificate is claimed before the
-	// order exists (so two orders cannot both replace it), and released if
-	// the order cannot be stored.
-	serial, err := d.claimReplaced(ctx, replaces, o.AccountID)
-	if err != nil {
-		return err
-	}
-	if err := d.DB.CreateOrder(ctx, o); err != nil {
-		_, _ = d.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
-			if r.ReplacedBy == claimMarker(o.AccountID) {
-				r.ReplacedBy = ""
-			}
-			return nil
-		})
-		return err
-	}
-	if _, err := d.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
-		r.ReplacedBy = o.ID
-		return nil
-	}); err != nil {
-		d.log.Error("recording a replacement", "serial", serial, "order", o.ID, "err", err)
-	}
-	d.audit.Info("certificate replacement ordered", "serial", serial, "order", o.ID, "account", o.AccountID)
-	return nil
-}
-
-func claimMarker(accountID string) string { return "claimed-by-" + accountID }
-
-// claimReplaced marks the certificate named by a certID as being replaced by
-// the account's new order.
-func (d *acmeDB) claimReplaced(ctx context.Context, certID, accountID string) (string, error) {
-	id, err := ari.ParseCertID(certID)
-	if err != nil {
-		return "", acme.NewDetailedError(acme.ErrorMalformedType, "replaces: %v", err)
-	}
-	serial := id.Serial.String()
-	rec, err := d.store.Cert(ctx, serial)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return "", acme.NewDetailedError(acme.ErrorMalformedType, "replaces names certificate %s, which this CA does not know", serial)
-	case err != nil:
-		return "", acme.WrapErrorISE(err, "error reading certificate %s", serial)
-	}
-	if rec.AccountID != accountID {
-		return "", acme.NewDetailedError(acme.ErrorUnauthorizedType, "certificate %s was issued to another account", serial)
-	}
-	_, err = d.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
-		if r.ReplacedBy != "" {
-			return store.ErrAlreadyReplaced
+	serial := ""
+	if replaces != "" {
+		id, err := ari.ParseCertID(replaces)
+		if err != nil {
+			return acme.NewDetailedError(acme.ErrorMalformedType, "replaces: %v", err)
 		}
-		r.ReplacedBy = claimMarker(accountID)
-		return nil
-	})
-	switch {
-	case errors.Is(err, store.ErrAlreadyReplaced):
-		return "", &acme.Error{Type: "urn:ietf:params:acme:error:alreadyReplaced", Detail: fmt.Sprintf("certificate %s has already been replaced", serial), Status: http.StatusConflict}
-	case err != nil:
-		return "", acme.WrapErrorISE(err, "error marking certificate %s replaced", serial)
+		serial = id.Serial.String()
 	}
-	return serial, nil
+	if err := d.writeNewOrder(ctx, o, serial); err != nil {
+		return err
+	}
+	if serial != "" {
+		d.audit.Info("certificate replacement ordered", "serial", serial, "order", o.ID, "account", o.AccountID)
+	}
+	return nil
 }
 
 func checkLifetime(spec *Provisioner, nb, na time.Time) error {
@@ -471,50 +450,30 @@ func checkLifetime(spec *Provisioner, nb, na time.Time) error {
 	return nil
 }
 
-// CreateCertificate stores the issued certificate (before the client can
-// download it) and writes the audit record of the issuance.
+// CreateCertificate holds the issued certificate's records for the order
+// update that follows it in finalize (see completeOrder); outside a
+// finalize it writes them at once.
 func (d *acmeDB) CreateCertificate(ctx context.Context, cert *acme.Certificate) error {
-	if err := d.DB.CreateCertificate(ctx, cert); err != nil {
+	if err := d.holdCertificate(ctx, cert); err != nil {
 		return err
 	}
-	d.pending.Done(cert.AccountID, cert.OrderID)
 	st := stateFrom(ctx)
-	rec := store.CertRecord{
-		Serial: cert.Leaf.SerialNumber.String(), AccountID: cert.AccountID, OrderID: cert.OrderID,
-		DNSNames: cert.Leaf.DNSNames, NotBefore: cert.Leaf.NotBefore, NotAfter: cert.Leaf.NotAfter, IssuedAt: d.now().UTC(),
-		AKI: hex.EncodeToString(cert.Leaf.AuthorityKeyId),
+	if st.orderID == cert.OrderID && st.orderID != "" {
+		return nil
 	}
-	for _, ip := range cert.Leaf.IPAddresses {
-		rec.IPs = append(rec.IPs, ip.String())
+	o, err := d.DB.GetOrder(ctx, cert.OrderID)
+	if err != nil {
+		return err
 	}
-	if len(cert.Leaf.URIs) == 1 {
-		rec.SPIFFEID = cert.Leaf.URIs[0].String()
+	o.CertificateID, o.Status = cert.ID, acme.StatusValid
+	return d.completeOrder(ctx, o)
+}
+
+// UpdateOrder completes a finalize in one transaction; other updates
+// (status changes smallstep computes on read) go to smallstep's write.
+func (d *acmeDB) UpdateOrder(ctx context.Context, o *acme.Order) error {
+	if w := stateFrom(ctx).finalize; w != nil && w.cert.OrderID == o.ID && o.CertificateID == w.cert.ID {
+		return d.completeOrder(ctx, o)
 	}
-	if st.spec != nil {
-		rec.Provisioner = st.spec.Name
-	}
-	if st.binding != nil {
-		rec.Worker = st.binding.Worker
-	}
-	// The record drives ARI and revocation; without it the certificate
-	// would never be told to renew, so failing here fails the issuance.
-	if err := d.store.PutCert(ctx, rec); err != nil {
-		return acme.WrapErrorISE(err, "error recording certificate")
-	}
-	attrs := []any{
-		"serial", cert.Leaf.SerialNumber.String(),
-		"account", cert.AccountID,
-		"order", cert.OrderID,
-		"notBefore", cert.Leaf.NotBefore,
-		"notAfter", cert.Leaf.NotAfter,
-		"dns", cert.Leaf.DNSNames,
-	}
-	if st := stateFrom(ctx); st.spec != nil {
-		attrs = append(attrs, "provisioner", st.spec.Name)
-	}
-	for _, u := range cert.Leaf.URIs {
-		attrs = append(attrs, "uri", u.String())
-	}
-	d.audit.Info("certificate issued", attrs...)
-	return nil
+	return d.DB.UpdateOrder(ctx, o)
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/smallstep/certificates/acme"
@@ -45,7 +46,7 @@ func (f *finalizer) AuthorizeSign(ctx context.Context, token string) ([]steppro.
 		return nil, acme.WrapErrorISE(err, "error reading order %s", st.orderID)
 	}
 	if o.Status == acme.StatusValid || o.Status == acme.StatusInvalid || o.CertificateID != "" {
-		return nil, acme.NewDetailedError(acme.ErrorOrderNotReadyType, "order %s was finalized meanwhile; fetch the order", o.ID)
+		return nil, orderNotReady("order %s was finalized meanwhile; fetch the order", o.ID)
 	}
 	acc, err := f.db.GetAccount(ctx, o.AccountID)
 	if err != nil {
@@ -109,12 +110,40 @@ func (d *acmeDB) claim(ctx context.Context, orderID string) error {
 	}
 	switch err := d.store.ClaimOrder(ctx, orderID, holder, claimTTL); {
 	case errors.Is(err, store.ErrClaimed):
-		return acme.NewDetailedError(acme.ErrorOrderNotReadyType, "order %s is being finalized by another request; fetch the order", orderID)
+		return orderNotReady("order %s is being finalized by another request; fetch the order", orderID)
 	case err != nil:
 		return acme.WrapErrorISE(err, "error claiming order %s", orderID)
 	}
 	st.claim = holder
 	return nil
+}
+
+// orderNotReady is RFC 8555 section 7.4's refusal of a finalize of an order
+// that is not ready: 403 (smallstep's own answers 400).
+func orderNotReady(format string, args ...any) *acme.Error {
+	e := acme.NewDetailedError(acme.ErrorOrderNotReadyType, format, args...)
+	e.Status = http.StatusForbidden
+	return e
+}
+
+// GetOrder, read by a finalize for its own account, refuses an order that
+// is not ready (RFC 8555 section 7.4): smallstep answers a finalize of a
+// valid order with 200 and the order, and of a pending one with 400. An
+// order of another account is left to smallstep's ownership check.
+func (d *acmeDB) GetOrder(ctx context.Context, id string) (*acme.Order, error) {
+	o, err := d.DB.GetOrder(ctx, id)
+	st := stateFrom(ctx)
+	if err != nil || st.orderID != id || st.orderChecked || st.signer == "" || st.signer != o.AccountID {
+		return o, err
+	}
+	st.orderChecked = true
+	if err := o.UpdateStatus(ctx, d); err != nil {
+		return nil, err
+	}
+	if o.Status != acme.StatusReady {
+		return nil, orderNotReady("order %s is %s, not ready; fetch the order", o.ID, o.Status)
+	}
+	return o, nil
 }
 
 // releaseClaim ends this request's finalize claim, if it holds one.

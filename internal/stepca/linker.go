@@ -63,6 +63,9 @@ func (l *linker) Middleware(next http.Handler) http.Handler {
 			l.db.recordACMERevocation(ctx, st.body)
 			return
 		}
+		if strings.HasSuffix(route, "/new-order") {
+			st.newOrder = &newOrderWrites{}
+		}
 		if strings.HasSuffix(route, "/finalize") {
 			st.orderID = chi.URLParam(r, "ordID")
 			ctx = acme.NewProvisionerContext(ctx, &finalizer{ACME: stock, spec: spec, db: l.db})

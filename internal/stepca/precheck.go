@@ -47,6 +47,9 @@ func (l *linker) precheck(ctx context.Context, r *http.Request, route string, sp
 		return acme.NewDetailedError(acme.ErrorMalformedType, "the request must be a JWS with exactly one signature")
 	}
 	payload := jws.UnsafePayloadWithoutVerification()
+	if kid := jws.Signatures[0].Protected.KeyID; kid != "" {
+		stateFrom(ctx).signer = kid[strings.LastIndex(kid, "/")+1:]
+	}
 	client := limit.ClientKey(r.RemoteAddr)
 	switch {
 	case strings.HasSuffix(route, "/new-account"):

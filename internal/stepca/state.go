@@ -33,6 +33,17 @@ type state struct {
 	csr     *x509.CertificateRequest
 	// retryAfter, in seconds, is sent with a rateLimited refusal.
 	retryAfter int
+	// newOrder, set on new-order requests, holds the challenges and
+	// authorizations until CreateOrder writes them with the order.
+	newOrder *newOrderWrites
+	// finalize holds a signed certificate's records until the order
+	// update writes them with it.
+	finalize *finalizeWrites
+	// signer is the account the request's JWS names by its kid, as read
+	// by the precheck: trusted only after smallstep verified the JWS.
+	signer string
+	// orderChecked is set once a finalize has checked its order is ready.
+	orderChecked bool
 	// claim is the finalize claim this request holds on orderID (a
 	// random holder name), released when the request ends.
 	claim string

@@ -143,3 +143,45 @@ func (s *Store) UpdateCert(_ context.Context, serial string, fn func(*CertRecord
 	}
 	return CertRecord{}, fmt.Errorf("store: certificate %s kept changing", serial)
 }
+
+// ErrOtherAccount is returned when a certificate belongs to another account.
+var ErrOtherAccount = errors.New("certificate was issued to another account")
+
+// PutCertIn writes a new record inside a transaction.
+func PutCertIn(kv KV, r CertRecord) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := kv.Set(certsTable, []byte(r.Serial), b); err != nil {
+		return fmt.Errorf("store: write certificate %s: %w", r.Serial, err)
+	}
+	return nil
+}
+
+// ClaimReplacementIn marks, inside a transaction, the certificate serial as
+// replaced by an account's new order (RFC 9773): ErrNotFound,
+// ErrOtherAccount or ErrAlreadyReplaced refuse it. Holding the record for
+// update makes two orders replacing one certificate exclusive, at every
+// replica.
+func ClaimReplacementIn(kv KV, serial, accountID, orderID string) error {
+	b, err := kv.GetForUpdate(certsTable, []byte(serial))
+	switch {
+	case IsNotFound(err):
+		return ErrNotFound
+	case err != nil:
+		return fmt.Errorf("store: read certificate %s: %w", serial, err)
+	}
+	var r CertRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("store: decode certificate %s: %w", serial, err)
+	}
+	switch {
+	case r.AccountID != accountID:
+		return ErrOtherAccount
+	case r.ReplacedBy != "":
+		return ErrAlreadyReplaced
+	}
+	r.ReplacedBy = orderID
+	return PutCertIn(kv, r)
+}

@@ -68,3 +68,12 @@ func (s *Store) ReleaseOrderClaim(_ context.Context, orderID, holder string) err
 	}
 	return nil
 }
+
+// ReleaseOrderClaimIn ends a finalize claim inside the transaction that
+// completes the order.
+func ReleaseOrderClaimIn(kv KV, orderID string) error {
+	if err := kv.Del(orderClaimsTable, []byte(orderID)); err != nil {
+		return fmt.Errorf("store: release claim of %s: %w", orderID, err)
+	}
+	return nil
+}

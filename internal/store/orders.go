@@ -29,22 +29,3 @@ func (s *Store) AccountOrderIDs(_ context.Context, accountID string) ([]string, 
 	}
 	return ids, nil
 }
-
-// RepairOrderIndex deletes an account's order index entry if it is empty,
-// the state smallstep's listing leaves behind (see AccountOrderIDs) and its
-// new-order cannot read. It reports whether it repaired anything.
-func (s *Store) RepairOrderIndex(_ context.Context, accountID string) (bool, error) {
-	b, err := s.db.Get(accountOrdersTable, []byte(accountID))
-	switch {
-	case database.IsErrNotFound(err):
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("store: read order index of %s: %w", accountID, err)
-	case len(b) > 0 && string(b) != "null":
-		return false, nil
-	}
-	if err := s.db.Del(accountOrdersTable, []byte(accountID)); err != nil {
-		return false, fmt.Errorf("store: repair order index of %s: %w", accountID, err)
-	}
-	return true, nil
-}
