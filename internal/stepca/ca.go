@@ -99,9 +99,10 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
+	held := newHeldDB(data)
 	auth, err := authority.NewEmbedded(
 		authority.WithConfig(authCfg),
-		authority.WithDatabase(data.authorityDB()),
+		authority.WithDatabase(held),
 		authority.WithX509RootCerts(cfg.Root),
 		authority.WithX509Signer(cfg.Intermediate, cfg.Signer),
 		authority.WithX509Enforcers(issuerLifetimeEnforcer{issuer: cfg.Intermediate}),
@@ -132,7 +133,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		return nil, err
 	}
 	tokens := &tokenChecker{key: cfg.TokenKey, store: st, now: now, audit: audit}
-	adb := &acmeDB{nonces: nonces.Source, DB: inner, specs: specsByID(specs), store: st, tokens: tokens, log: logger, audit: audit, now: now,
+	adb := &acmeDB{nonces: nonces.Source, held: held, DB: inner, specs: specsByID(specs), store: st, tokens: tokens, log: logger, audit: audit, now: now,
 		pending:   limit.NewPending(now),
 		isRevoked: func(serial string) bool { r, _ := auth.IsRevoked(serial); return r }}
 	lk := &linker{
@@ -146,6 +147,18 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	}
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
 	go nonces.prune(bg, now, logger)
+	go func() {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-bg.Done():
+				return
+			case <-t.C:
+				held.flushStale(bg, st, 10*time.Second, logger)
+			}
+		}
+	}()
 	c := &CA{nonces: nonces, stopBackground: stop, now: now, ari: cfg.ARI, auth: auth, db: adb, store: st, nosql: ndb, data: data, linker: lk, log: logger, audit: audit}
 	c.handler = c.routes()
 	return c, nil
@@ -226,6 +239,7 @@ func (c *CA) Close() error {
 	c.stopBackground()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	c.db.held.flushStale(ctx, c.store, 0, c.log)
 	return errors.Join(c.nonces.save(ctx), c.auth.Shutdown(), c.data.Close())
 }
 

@@ -35,6 +35,9 @@ type acmeDB struct {
 	// pending counts each account's unfinished orders (limits).
 	pending *limit.Pending
 	nonces  *nonce.Source
+	// held is the authority's database, holding certificate records for
+	// the finalize transaction.
+	held *heldDB
 }
 
 // CreateNonce issues an authenticated nonce: nothing is written (see

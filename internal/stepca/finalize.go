@@ -148,6 +148,7 @@ func (d *acmeDB) GetOrder(ctx context.Context, id string) (*acme.Order, error) {
 
 // releaseClaim ends this request's finalize claim, if it holds one.
 func (d *acmeDB) releaseClaim(ctx context.Context) {
+	d.abandonFinalize(ctx)
 	st := stateFrom(ctx)
 	if st.claim == "" {
 		return

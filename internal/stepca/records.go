@@ -103,10 +103,13 @@ type newOrderWrites struct {
 // finalizeWrites are a finalize's records after signing, written with the
 // order update.
 type finalizeWrites struct {
-	cert   stepCert
-	serial stepSerial
-	record store.CertRecord
-	audit  []any
+	// authority is smallstep's own record of the signature (x509_certs).
+	authority    heldCert
+	hasAuthority bool
+	cert         stepCert
+	serial       stepSerial
+	record       store.CertRecord
+	audit        []any
 }
 
 // putJSON marshals v into a transaction.
@@ -234,6 +237,7 @@ func (d *acmeDB) holdCertificate(ctx context.Context, cert *acme.Certificate) er
 		},
 		serial: stepSerial{Serial: cert.Leaf.SerialNumber.String(), CertificateID: id},
 	}
+	w.authority, w.hasAuthority = d.held.take(w.serial.Serial)
 	for _, c := range cert.Intermediates {
 		w.cert.Intermediates = append(w.cert.Intermediates, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
@@ -290,6 +294,11 @@ func (d *acmeDB) completeOrder(ctx context.Context, o *acme.Order) error {
 			return errTxnRefused{orderNotReady("order %s was finalized meanwhile; fetch the order", o.ID)}
 		}
 		rec.Status, rec.Error, rec.CertificateID = o.Status, o.Error, o.CertificateID
+		if w.hasAuthority {
+			if err := w.authority.put(kv, w.serial.Serial); err != nil {
+				return err
+			}
+		}
 		if err := putJSON(kv, acmeCertsTable, w.cert.ID, w.cert); err != nil {
 			return err
 		}
@@ -303,7 +312,7 @@ func (d *acmeDB) completeOrder(ctx context.Context, o *acme.Order) error {
 			return err
 		}
 		if st.claim != "" {
-			return store.ReleaseOrderClaimIn(kv, o.ID)
+			return d.store.ReleaseOrderClaimIn(kv, o.ID)
 		}
 		return nil
 	})
@@ -318,4 +327,18 @@ func (d *acmeDB) completeOrder(ctx context.Context, o *acme.Order) error {
 	d.pending.Done(o.AccountID, o.ID)
 	d.audit.Info("certificate issued", w.audit...)
 	return nil
+}
+
+// abandonFinalize runs when a finalize request ends without completing its
+// order: the signature still gets the authority's record.
+func (d *acmeDB) abandonFinalize(ctx context.Context) {
+	st := stateFrom(ctx)
+	w := st.finalize
+	if w == nil || !w.hasAuthority {
+		return
+	}
+	st.finalize = nil
+	if err := d.held.flush(context.WithoutCancel(ctx), d.store, w.serial.Serial, w.authority); err != nil {
+		d.log.Error("recording a signed certificate", "serial", w.serial.Serial, "err", err)
+	}
 }

@@ -2,9 +2,14 @@ package stepca
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
 
+	steppro "github.com/smallstep/certificates/authority/provisioner"
 	stepdb "github.com/smallstep/certificates/db"
 	"github.com/smallstep/nosql"
 
@@ -66,3 +71,91 @@ func openDatabase(ctx context.Context, st Storage) (*storeDB, error) {
 // makes the authority's Shutdown leave the store open: crank-ca closes it
 // after the authority.
 func (d *storeDB) authorityDB() *stepdb.DB { return &stepdb.DB{DB: d.DB} }
+
+// Tables of the authority's record of every signed certificate.
+var (
+	x509CertsTable     = []byte("x509_certs")
+	x509CertsDataTable = []byte("x509_certs_data")
+)
+
+// heldDB is the authority's database with one change: the record of a
+// signed certificate (x509_certs and x509_certs_data, written by smallstep
+// in its own transaction right after signing) is held in memory until the
+// finalize that asked for the certificate writes it in its one
+// transaction (see holdCertificate). A record nobody takes is written
+// alone by flushStale, so every signed certificate is recorded.
+type heldDB struct {
+	*stepdb.DB
+	mu   sync.Mutex
+	held map[string]heldCert // by decimal serial
+}
+
+type heldCert struct {
+	der, data []byte
+	at        time.Time
+}
+
+func newHeldDB(d *storeDB) *heldDB {
+	return &heldDB{DB: d.authorityDB(), held: map[string]heldCert{}}
+}
+
+// StoreCertificateChain holds the record (smallstep's shape, db/db.go).
+func (h *heldDB) StoreCertificateChain(p steppro.Interface, chain ...*x509.Certificate) error {
+	data := &stepdb.CertificateData{}
+	if p != nil {
+		data.Provisioner = &stepdb.ProvisionerData{ID: p.GetID(), Name: p.GetName(), Type: p.GetType().String()}
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("stepca: encode certificate data: %w", err)
+	}
+	h.mu.Lock()
+	h.held[chain[0].SerialNumber.String()] = heldCert{der: chain[0].Raw, data: b, at: time.Now()}
+	h.mu.Unlock()
+	return nil
+}
+
+// take removes and returns the held record of a serial.
+func (h *heldDB) take(serial string) (heldCert, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c, ok := h.held[serial]
+	delete(h.held, serial)
+	return c, ok
+}
+
+// put writes an authority record inside a transaction.
+func (c heldCert) put(kv store.KV, serial string) error {
+	if err := kv.Set(x509CertsTable, []byte(serial), c.der); err != nil {
+		return err
+	}
+	return kv.Set(x509CertsDataTable, []byte(serial), c.data)
+}
+
+// flush writes one held record alone.
+func (h *heldDB) flush(ctx context.Context, st *store.Store, serial string, c heldCert) error {
+	return st.Txn(ctx, func(kv store.KV) error { return c.put(kv, serial) })
+}
+
+// flushStale writes records held longer than age (a signature no finalize
+// took); it runs periodically.
+func (h *heldDB) flushStale(ctx context.Context, st *store.Store, age time.Duration, log *slog.Logger) {
+	h.mu.Lock()
+	var due []string
+	for serial, c := range h.held {
+		if time.Since(c.at) > age {
+			due = append(due, serial)
+		}
+	}
+	h.mu.Unlock()
+	for _, serial := range due {
+		if c, ok := h.take(serial); ok {
+			if err := h.flush(ctx, st, serial, c); err != nil {
+				log.Error("recording a signed certificate", "serial", serial, "err", err)
+				h.mu.Lock()
+				h.held[serial] = c
+				h.mu.Unlock()
+			}
+		}
+	}
+}

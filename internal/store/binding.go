@@ -69,6 +69,9 @@ type Config struct {
 type Store struct {
 	db  nosql.DB
 	now func() time.Time
+	// local holds finalize claims in memory when one process owns the
+	// store (bbolt); nil for a shared store.
+	local *localClaims
 }
 
 // New creates the tables it needs (idempotent) and returns a Store.
@@ -85,7 +88,11 @@ func New(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("store: create table %s: %w", t, err)
 		}
 	}
-	return &Store{db: cfg.DB, now: now}, nil
+	s := &Store{db: cfg.DB, now: now}
+	if _, ok := cfg.DB.(*Bolt); ok {
+		s.local = &localClaims{m: map[string]string{}}
+	}
+	return s, nil
 }
 
 // tokenUseKey is the key of a spent token: a digest, because kids carry

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -26,6 +27,9 @@ type orderClaim struct {
 // after claiming: a finalize that read the order before another one
 // completed must not sign it again.
 func (s *Store) ClaimOrder(_ context.Context, orderID, holder string, ttl time.Duration) error {
+	if s.local != nil {
+		return s.local.claim(orderID, holder)
+	}
 	now := s.now().UTC()
 	val, err := json.Marshal(orderClaim{Holder: holder, At: now})
 	if err != nil {
@@ -53,6 +57,10 @@ func (s *Store) ClaimOrder(_ context.Context, orderID, holder string, ttl time.D
 // ReleaseOrderClaim ends a finalize's claim (whatever its outcome): the
 // order is then valid, or still ready for a retry.
 func (s *Store) ReleaseOrderClaim(_ context.Context, orderID, holder string) error {
+	if s.local != nil {
+		s.local.release(orderID, holder)
+		return nil
+	}
 	cur, err := s.db.Get(orderClaimsTable, []byte(orderID))
 	if err != nil {
 		return nil //nolint:nilerr // absent: nothing to release
@@ -71,9 +79,40 @@ func (s *Store) ReleaseOrderClaim(_ context.Context, orderID, holder string) err
 
 // ReleaseOrderClaimIn ends a finalize claim inside the transaction that
 // completes the order.
-func ReleaseOrderClaimIn(kv KV, orderID string) error {
+func (s *Store) ReleaseOrderClaimIn(kv KV, orderID string) error {
+	if s.local != nil {
+		s.local.release(orderID, "")
+		return nil
+	}
 	if err := kv.Del(orderClaimsTable, []byte(orderID)); err != nil {
 		return fmt.Errorf("store: release claim of %s: %w", orderID, err)
 	}
 	return nil
+}
+
+// localClaims are the claims of a store one process owns (bbolt locks its
+// file): in memory, they cost no write, and die with the process as they
+// should.
+type localClaims struct {
+	mu sync.Mutex
+	m  map[string]string // order id: holder
+}
+
+func (l *localClaims) claim(orderID, holder string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, held := l.m[orderID]; held {
+		return ErrClaimed
+	}
+	l.m[orderID] = holder
+	return nil
+}
+
+// release drops a claim of holder ("": whoever holds it).
+func (l *localClaims) release(orderID, holder string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if h, ok := l.m[orderID]; ok && (holder == "" || h == holder) {
+		delete(l.m, orderID)
+	}
 }
