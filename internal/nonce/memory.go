@@ -80,7 +80,7 @@ func (m *Memory) Save() []byte {
 
 // Restore adds what Save encoded.
 func (m *Memory) Restore(b []byte) error {
-	if len(b) < 8 || uint64(len(b)-8) != binary.BigEndian.Uint64(b[:8])*IDLen {
+	if len(b) < 8 || (len(b)-8)%IDLen != 0 || binary.BigEndian.Uint64(b[:8]) != uint64((len(b)-8)/IDLen) {
 		return errors.New("nonce: saved replay set is corrupt")
 	}
 	m.mu.Lock()

@@ -32,6 +32,8 @@ type Bolt struct {
 type boltOp struct {
 	fn   func(*bolt.Tx) error
 	done chan error
+	// lead is closed when this queued writer is to lead the next commit.
+	lead chan struct{}
 }
 
 // BoltConfig configures OpenBolt.
@@ -68,24 +70,36 @@ func (b *Bolt) Close() error { return b.db.Close() }
 // write runs fn in a group commit and returns fn's own error, or the
 // commit's.
 func (b *Bolt) write(fn func(*bolt.Tx) error) error {
-	op := &boltOp{fn: fn, done: make(chan error, 1)}
+	op := &boltOp{fn: fn, done: make(chan error, 1), lead: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, op)
 	if b.leading {
 		b.mu.Unlock()
-		return <-op.done
-	}
-	// This writer leads: it commits what is queued, then what queued up
-	// meanwhile, until the queue is empty.
-	b.leading = true
-	for len(b.queue) > 0 {
-		batch := b.queue
-		b.queue = nil
+		select {
+		case err := <-op.done:
+			return err
+		case <-op.lead:
+			// The previous leader committed its batch and handed over.
+		}
+	} else {
+		b.leading = true
 		b.mu.Unlock()
-		b.commit(batch)
-		b.mu.Lock()
 	}
-	b.leading = false
+	// This writer leads: it commits everything queued (its own op
+	// included), then hands the lead to the first writer that queued
+	// meanwhile, so that it returns after one commit however busy the
+	// store is.
+	b.mu.Lock()
+	batch := b.queue
+	b.queue = nil
+	b.mu.Unlock()
+	b.commit(batch)
+	b.mu.Lock()
+	if len(b.queue) > 0 {
+		close(b.queue[0].lead)
+	} else {
+		b.leading = false
+	}
 	b.mu.Unlock()
 	return <-op.done
 }

@@ -66,6 +66,9 @@ func (s *Store) PruneSpentNonces(ctx context.Context, before time.Time, batch in
 	if !ok {
 		return 0, nil
 	}
+	if batch <= 0 {
+		batch = 1000
+	}
 	var end nonce.ID
 	copy(end[:], idPrefix(before))
 	n := 0

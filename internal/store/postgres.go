@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -129,24 +128,41 @@ func createDatabase(ctx context.Context, cc *pgx.ConnConfig) error {
 	if name == "" {
 		name = cc.User
 	}
-	tc := cc.Copy()
-	tc.Database = "template1"
-	conn, err := pgx.ConnectConfig(ctx, tc)
+	// Connect to the maintenance database, not to template1: CREATE
+	// DATABASE copies template1 and fails (55006) while any other session
+	// is connected to it, such as another replica creating the database
+	// at the same moment. template1 only where "postgres" was dropped.
+	var conn *pgx.Conn
+	var err error
+	for _, maint := range []string{"postgres", "template1"} {
+		tc := cc.Copy()
+		tc.Database = maint
+		conn, err = pgx.ConnectConfig(ctx, tc)
+		var pgErr *pgconn.PgError
+		if !(errors.As(err, &pgErr) && pgErr.Code == "3D000") {
+			break
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("store: connect to PostgreSQL to create database %s: %w", name, err)
 	}
 	defer conn.Close(context.Background())
 	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
 	var pgErr *pgconn.PgError
-	if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42P04") {
+	// 42P04: it exists; 23505: a concurrent CREATE DATABASE of the same
+	// name committed first (pg_database_datname_index).
+	if err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "23505")) {
 		return fmt.Errorf("store: create database %s: %w", name, err)
 	}
 	return nil
 }
 
-// redactDSNError keeps a DSN parse error from echoing the password.
-func redactDSNError(err error) error {
-	return errors.New(strings.SplitN(err.Error(), ":", 2)[0] + ": cannot parse the DSN (see storage.dsn)")
+// redactDSNError keeps a DSN parse error from echoing the password: pgx
+// quotes the DSN in its message and redacts only the forms it recognises
+// (not "password = x", which libpq and pgx accept), so none of its text
+// is kept.
+func redactDSNError(error) error {
+	return errors.New("cannot parse the DSN (see storage.dsn)")
 }
 
 // lockKey is the advisory lock key of a name.
