@@ -62,6 +62,18 @@ func (d *acmeDB) DeleteNonce(ctx context.Context, n acme.Nonce) error {
 	return nil
 }
 
+// CreateAccount stores an account with smallstep and indexes it for
+// retention, which deletes it if it never orders (retention.unusedAccounts).
+func (d *acmeDB) CreateAccount(ctx context.Context, acc *acme.Account) error {
+	if err := d.DB.CreateAccount(ctx, acc); err != nil {
+		return err
+	}
+	if err := d.store.IndexAccount(ctx, acc.ID, d.now()); err != nil {
+		d.log.Warn("indexing an account for retention", "account", acc.ID, "err", err)
+	}
+	return nil
+}
+
 // GetExternalAccountKey answers smallstep's EAB lookup with a key derived
 // from the stateless token instead of a stored one.
 func (d *acmeDB) GetExternalAccountKey(ctx context.Context, provID, kid string) (*acme.ExternalAccountKey, error) {
@@ -303,7 +315,14 @@ func (d *acmeDB) CreateAuthorization(ctx context.Context, az *acme.Authorization
 		st.preauthorized++
 	}
 	if st.newOrder == nil {
-		return d.DB.CreateAuthorization(ctx, az)
+		if err := d.DB.CreateAuthorization(ctx, az); err != nil {
+			return err
+		}
+		chIDs := make([]string, len(az.Challenges))
+		for i, ch := range az.Challenges {
+			chIDs[i] = ch.ID
+		}
+		return d.store.Txn(ctx, func(kv store.KV) error { return store.IndexAuthorizationIn(kv, az.ID, chIDs, az.ExpiresAt) })
 	}
 	id, err := newRecordID()
 	if err != nil {

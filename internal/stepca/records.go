@@ -159,9 +159,15 @@ func (d *acmeDB) writeNewOrder(ctx context.Context, o *acme.Order, replacesSeria
 				if err := putJSON(kv, authzsTable, az.ID, az); err != nil {
 					return err
 				}
+				if err := store.IndexAuthorizationIn(kv, az.ID, az.ChallengeIDs, az.ExpiresAt); err != nil {
+					return err
+				}
 			}
 		}
 		if err := putJSON(kv, ordersTable, rec.ID, rec); err != nil {
+			return err
+		}
+		if err := store.IndexOrderIn(kv, rec.ID, rec.AccountID, rec.ExpiresAt, rec.NotAfter); err != nil {
 			return err
 		}
 		ids, err := openOrderIDs(kv, o.AccountID, now)
@@ -306,6 +312,9 @@ func (d *acmeDB) completeOrder(ctx context.Context, o *acme.Order) error {
 			return err
 		}
 		if err := store.PutCertIn(kv, w.record); err != nil {
+			return err
+		}
+		if err := store.IndexCertificateIn(kv, w.record.Serial, w.cert.ID, w.record.NotAfter); err != nil {
 			return err
 		}
 		if err := putJSON(kv, ordersTable, rec.ID, rec); err != nil {

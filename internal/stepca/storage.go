@@ -92,6 +92,7 @@ type heldDB struct {
 
 type heldCert struct {
 	der, data []byte
+	notAfter  time.Time
 	at        time.Time
 }
 
@@ -110,7 +111,7 @@ func (h *heldDB) StoreCertificateChain(p steppro.Interface, chain ...*x509.Certi
 		return fmt.Errorf("stepca: encode certificate data: %w", err)
 	}
 	h.mu.Lock()
-	h.held[chain[0].SerialNumber.String()] = heldCert{der: chain[0].Raw, data: b, at: time.Now()}
+	h.held[chain[0].SerialNumber.String()] = heldCert{der: chain[0].Raw, data: b, notAfter: chain[0].NotAfter, at: time.Now()}
 	h.mu.Unlock()
 	return nil
 }
@@ -129,7 +130,11 @@ func (c heldCert) put(kv store.KV, serial string) error {
 	if err := kv.Set(x509CertsTable, []byte(serial), c.der); err != nil {
 		return err
 	}
-	return kv.Set(x509CertsDataTable, []byte(serial), c.data)
+	if err := kv.Set(x509CertsDataTable, []byte(serial), c.data); err != nil {
+		return err
+	}
+	// A finalize indexes the certificate again, naming its ACME record.
+	return store.IndexCertificateIn(kv, serial, "", c.notAfter)
 }
 
 // flush writes one held record alone.

@@ -54,7 +54,11 @@ func (s *Store) SpendJTI(ctx context.Context, issuer, jti string, expires time.T
 	if err != nil {
 		return fmt.Errorf("store: encode jti: %w", err)
 	}
-	return s.spend(ctx, tokenUseKey("jti\x00"+issuer+"\x00"+jti), val)
+	key := tokenUseKey("jti\x00" + issuer + "\x00" + jti)
+	if err := s.spend(ctx, key, val); err != nil {
+		return err
+	}
+	return s.indexSpentToken(key, expires)
 }
 
 // Config configures a Store.
@@ -83,7 +87,7 @@ func New(cfg Config) (*Store, error) {
 	if now == nil {
 		now = time.Now
 	}
-	for _, t := range [][]byte{bindingTable, tokenUsesTable, certsTable, workersTable, secretsTable, spentNoncesTable, orderClaimsTable} {
+	for _, t := range [][]byte{bindingTable, tokenUsesTable, certsTable, workersTable, secretsTable, spentNoncesTable, orderClaimsTable, expiryTable} {
 		if err := cfg.DB.CreateTable(t); err != nil {
 			return nil, fmt.Errorf("store: create table %s: %w", t, err)
 		}
@@ -131,6 +135,9 @@ func (s *Store) Bind(ctx context.Context, b Binding) error {
 		return fmt.Errorf("store: encode binding: %w", err)
 	}
 	if err := s.spend(ctx, tokenUseKey(b.KID), val); err != nil {
+		return err
+	}
+	if err := s.indexSpentToken(tokenUseKey(b.KID), b.TokenExpiresAt); err != nil {
 		return err
 	}
 	if err := s.db.Set(bindingTable, []byte(b.AccountID), val); err != nil {

@@ -66,7 +66,7 @@ var schemaTables = []string{
 	"acme_external_account_keyID_provisionerID_index", "wire_acme_dpop_token", "wire_acme_oidc_token",
 	// crank-ca's
 	string(bindingTable), string(tokenUsesTable), string(certsTable), string(workersTable),
-	string(secretsTable), string(spentNoncesTable), string(orderClaimsTable),
+	string(secretsTable), string(spentNoncesTable), string(orderClaimsTable), string(expiryTable),
 }
 
 // OpenPostgres connects, creates the database if it does not exist, and

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -242,5 +243,60 @@ func TestSweepKeepsAccountWithRealOrder(t *testing.T) {
 	}
 	if _, err := f.acme.GetAccount(t.Context(), idle.ID); !errors.Is(err, acme.ErrNotFound) {
 		t.Errorf("idle account: %v, want not found", err)
+	}
+}
+
+// TestSweepUnusedAccountsThroughIndex: accounts registered after the legacy
+// pass are found through the entries IndexAccount writes. An unused one
+// goes once old enough, one that ordered is kept and not looked at again,
+// a young one waits.
+func TestSweepUnusedAccountsThroughIndex(t *testing.T) {
+	t.Parallel()
+	f := newUnusedFixture(t)
+	s, err := New(Config{DB: f.db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Add(72 * time.Hour)
+	r := NewRetainer(RetainerConfig{DB: f.db, Keep: 24 * time.Hour, Unused: 24 * time.Hour, Now: func() time.Time { return now }})
+	if st, err := r.Sweep(t.Context()); err != nil || st != (Stats{}) {
+		t.Fatalf("sweep of the empty store = %+v, %v", st, err)
+	}
+	made := map[string]string{}
+	for name, age := range map[string]time.Duration{"unused": 48 * time.Hour, "ordered": 48 * time.Hour, "young": time.Hour} {
+		acc, _ := f.register(t, newJWK(t))
+		f.setCreatedAt(t, acc.ID, now.Add(-age))
+		// crank-ca's clock at registration may differ a little from the
+		// record's; the record decides.
+		if err := s.IndexAccount(t.Context(), acc.ID, now.Add(-age+time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		made[name] = acc.ID
+	}
+	if err := f.db.Set(accountOrdersTable, []byte(made["ordered"]), []byte(`["o1"]`)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := r.Sweep(t.Context())
+	if err != nil || st != (Stats{Accounts: 1}) {
+		t.Fatalf("sweep = %+v, %v; want the unused account deleted", st, err)
+	}
+	for name, id := range made {
+		_, err := f.acme.GetAccount(t.Context(), id)
+		if gone := errors.Is(err, acme.ErrNotFound); gone != (name == "unused") {
+			t.Errorf("%s account: GetAccount err %v", name, err)
+		}
+	}
+	es, err := f.db.List(expiryTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range es {
+		if kind, _, id, ok := parseExpiryKey(e.Key); ok && kind == kindAccount {
+			left = append(left, id)
+		}
+	}
+	if want := []string{made["young"]}; !slices.Equal(left, want) {
+		t.Errorf("account entries left: %v, want the young account's %v", left, want)
 	}
 }
