@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -19,6 +20,7 @@ import (
 	"github.com/crank-platform/crank-ca/internal/admin"
 	"github.com/crank-platform/crank-ca/internal/ari"
 	"github.com/crank-platform/crank-ca/internal/attest"
+	"github.com/crank-platform/crank-ca/internal/lease"
 	"github.com/crank-platform/crank-ca/internal/pki"
 	"github.com/crank-platform/crank-ca/internal/stepca"
 	"github.com/crank-platform/crank-ca/internal/store"
@@ -238,7 +240,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	bg, stop := context.WithCancel(ctx)
 	defer stop()
 	go func() { _ = s.certs.Run(bg) }()
-	go s.retainer.Run(bg, s.cfg.Retention.Interval.Duration)
+	dutiesDone := make(chan struct{})
+	go func() { defer close(dutiesDone); s.runDuties(bg, ln.Addr().String()) }()
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
@@ -260,6 +263,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		<-errc
 	}
 	stop()
+	<-dutiesDone // no duty may use the store after Close
 	if err := s.Close(); err != nil && serveErr == nil {
 		serveErr = err
 	}
@@ -269,8 +273,57 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return serveErr
 }
 
-// Sweep runs one retention pass now (Serve also runs them periodically).
+// Sweep runs one retention pass now, whatever the lease (Serve also runs
+// them periodically, at one replica at a time).
 func (s *Server) Sweep(ctx context.Context) (store.Stats, error) { return s.retainer.Sweep(ctx) }
+
+// Cluster duties: their names key the leases that replicas on one
+// PostgreSQL database share.
+const (
+	retentionDuty = "crank-ca/retention"
+	crlDuty       = "crank-ca/crl"
+)
+
+// runDuties runs the cluster duties until ctx is done, each under its own
+// lease so that one replica at a time runs it (with an embedded store this
+// process always does): a retention pass every retention.interval, and a
+// CRL check every stepca.CRLCheckInterval. addr names this replica in the
+// logs. It returns once the duties have stopped and released their leases.
+func (s *Server) runDuties(ctx context.Context, addr string) {
+	var dsn string
+	if st := Storage(s.cfg); st.Type == config.StoragePostgreSQL {
+		dsn = st.DataSource
+	}
+	log := s.log.With("addr", addr)
+	duties := []struct {
+		name  string
+		every time.Duration
+		run   func(context.Context) error
+	}{
+		{retentionDuty, s.cfg.Retention.Interval.Duration, func(ctx context.Context) error {
+			st, err := s.retainer.Sweep(ctx)
+			log.Info("retention pass", "deleted", st)
+			return err
+		}},
+		{crlDuty, stepca.CRLCheckInterval, func(ctx context.Context) error {
+			r, err := s.stepca.RefreshCRL(ctx)
+			if err == nil && r.Reason != "" {
+				log.Info("CRL generated", "crlNumber", r.Number, "reason", r.Reason, "revoked", r.Revoked,
+					"thisUpdate", r.ThisUpdate, "nextUpdate", r.NextUpdate)
+			}
+			return err
+		}},
+	}
+	var wg sync.WaitGroup
+	for _, d := range duties {
+		l := lease.New(lease.Config{DSN: dsn, Name: d.name, Logger: log})
+		wg.Go(func() {
+			defer func() { _ = l.Close() }()
+			l.Every(ctx, d.every, d.run)
+		})
+	}
+	wg.Wait()
+}
 
 // Close releases the store; Serve calls it on the way out.
 func (s *Server) Close() error { return s.stepca.Close() }

@@ -82,10 +82,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		provs = append(provs, stepProvisioner(p))
 	}
 
-	crl := &authconfig.CRLConfig{Enabled: true, GenerateOnRevoke: true, IDPurl: cfg.CRLURL}
-	if cfg.CRLInterval > 0 {
-		crl.CacheDuration = &steppro.Duration{Duration: cfg.CRLInterval}
-	}
+	crl := crlConfig(cfg) // smallstep's generator off: crank-ca generates the CRL (crl.go)
 	authCfg := &authconfig.Config{
 		CRL: crl,
 		AuthorityConfig: &authconfig.AuthConfig{

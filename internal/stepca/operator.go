@@ -39,6 +39,9 @@ func (c *CA) Revoke(ctx context.Context, serial string, reasonCode int, reason s
 		}
 		return fmt.Errorf("revoke %s: %w", serial, err)
 	}
+	if err := c.store.IndexRevocation(ctx, serial, cert.NotAfter); err != nil {
+		c.log.Warn("indexing a revocation for retention", "serial", serial, "err", err)
+	}
 	now := c.now().UTC()
 	if _, err := c.store.UpdateCert(ctx, serial, func(r *store.CertRecord) error {
 		r.RevokedAt, r.Reason = now, reason
@@ -59,16 +62,12 @@ func (c *CA) IsRevoked(serial string) bool {
 	return r
 }
 
-// CRL returns the current CRL (DER), signed by the intermediate.
-func (c *CA) CRL(_ context.Context) ([]byte, error) {
-	info, err := c.auth.GetCertificateRevocationList()
-	if err != nil {
-		return nil, fmt.Errorf("crl: %w", err)
-	}
-	if info == nil || len(info.Data) == 0 {
-		return nil, errors.New("crl: none generated yet")
-	}
-	return info.Data, nil
+// CRL returns the stored CRL (DER), signed by the intermediate, read from
+// the database so that every replica serves the same one. When a
+// revocation is missing from it, it first waits, bounded, for the CRL lease
+// holder to store one that lists it (see crl.go).
+func (c *CA) CRL(ctx context.Context) ([]byte, error) {
+	return c.serveCRL(ctx)
 }
 
 // recordACMERevocation marks crank-ca's record of a certificate named by an
@@ -93,6 +92,9 @@ func (d *acmeDB) recordACMERevocation(ctx context.Context, body []byte) {
 	serial := cert.SerialNumber.String()
 	if !d.isRevoked(serial) {
 		return
+	}
+	if err := d.store.IndexRevocation(ctx, serial, cert.NotAfter); err != nil {
+		d.log.Warn("indexing a revocation for retention", "serial", serial, "err", err)
 	}
 	recorded := false
 	now := d.now().UTC()
