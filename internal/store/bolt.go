@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -42,10 +44,25 @@ type BoltConfig struct {
 	Path string
 	// Timeout bounds the wait for the file lock another process holds.
 	Timeout time.Duration
+	// CompactMinSize is the file size from which a mostly free file is
+	// compacted at open; zero means 64 MiB.
+	CompactMinSize int64
 }
 
-// OpenBolt opens (or creates) a bbolt store.
+// OpenBolt opens (or creates) a bbolt store, compacting it first when most
+// of the file is free pages (see compactIfSparse).
 func OpenBolt(cfg BoltConfig) (*Bolt, error) {
+	db, err := openBoltFile(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if db, err = compactIfSparse(db, cfg); err != nil {
+		return nil, err
+	}
+	return &Bolt{db: db}, nil
+}
+
+func openBoltFile(cfg BoltConfig) (*bolt.DB, error) {
 	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{
 		Timeout: cfg.Timeout,
 		// The freelist is rebuilt by scanning at open instead of being
@@ -56,7 +73,60 @@ func OpenBolt(cfg BoltConfig) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", cfg.Path, err)
 	}
-	return &Bolt{db: db}, nil
+	return db, nil
+}
+
+// Compaction defaults: bbolt reuses freed pages but never shrinks its
+// file, so a burst of issuances (100,000 within a day: about 650 MB) leaves
+// a large file of free pages after retention deleted the data.
+const (
+	compactMinSize      = 64 << 20
+	compactFreeFraction = 0.5
+)
+
+// compactIfSparse rewrites the file when it is larger than compactMinSize
+// and more than half of it is free, before anything is served: the copy is
+// written beside it, synced, and renamed over it while the original is
+// still open and locked. A failure keeps the original.
+func compactIfSparse(db *bolt.DB, cfg BoltConfig) (*bolt.DB, error) {
+	fi, err := os.Stat(cfg.Path)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	free := int64(db.Stats().FreePageN) * int64(db.Info().PageSize)
+	minSize := cfg.CompactMinSize
+	if minSize <= 0 {
+		minSize = compactMinSize
+	}
+	if fi.Size() < minSize || float64(free) < compactFreeFraction*float64(fi.Size()) {
+		return db, nil
+	}
+	tmp := cfg.Path + ".compact"
+	_ = os.Remove(tmp)
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return db, nil //nolint:nilerr // compaction is an optimisation; serve the original
+	}
+	if err := bolt.Compact(dst, db, 64<<20); err != nil {
+		_ = dst.Close()
+		_ = os.Remove(tmp)
+		return db, nil //nolint:nilerr // as above
+	}
+	if err := dst.Sync(); err != nil || dst.Close() != nil {
+		_ = os.Remove(tmp)
+		return db, nil //nolint:nilerr // as above
+	}
+	if err := os.Rename(tmp, cfg.Path); err != nil {
+		_ = os.Remove(tmp)
+		return db, nil //nolint:nilerr // as above
+	}
+	if d, err := os.Open(filepath.Dir(cfg.Path)); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	_ = db.Close()
+	return openBoltFile(cfg)
 }
 
 // Open is part of nosql.DB; a Bolt is opened by OpenBolt.

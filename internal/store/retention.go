@@ -112,27 +112,6 @@ type Stats struct {
 	Indexed int
 }
 
-// Run sweeps once immediately and then every interval until ctx is done.
-func (r *Retainer) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		st, err := r.Sweep(ctx)
-		if err != nil {
-			r.log.Error("retention sweep failed", "err", err)
-		} else if st != (Stats{}) {
-			r.log.Info("retention sweep", "orders", st.Orders, "authorizations", st.Authorizations,
-				"challenges", st.Challenges, "certificates", st.Certificates, "revocations", st.Revocations, "nonces", st.Nonces, "spentTokens", st.SpentTokens, "accounts", st.Accounts,
-				"indexed", st.Indexed)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 // due is an index entry found due.
 type due struct {
 	key []byte
