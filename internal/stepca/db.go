@@ -422,10 +422,14 @@ func (d *acmeDB) listOrders(ctx context.Context, accID string, includeReady bool
 	}
 	out := []string{}
 	for _, id := range ids {
-		o, err := d.DB.GetOrder(ctx, id)
-		if acme.IsErrNotFound(err) {
+		// smallstep reports a missing order as malformed, not as not
+		// found: ask the store whether retention removed it.
+		if ok, err := d.store.Has(ctx, ordersTable, id); err != nil {
+			return nil, acme.WrapErrorISE(err, "error listing orders")
+		} else if !ok {
 			continue
 		}
+		o, err := d.DB.GetOrder(ctx, id)
 		if err != nil {
 			return nil, err
 		}

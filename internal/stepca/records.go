@@ -220,7 +220,7 @@ func openOrderIDs(kv store.KV, accountID string, now time.Time) ([]string, error
 		if err := json.Unmarshal(ob, &o); err != nil {
 			return nil, fmt.Errorf("order %s: %w", id, err)
 		}
-		if (o.Status == acme.StatusPending || o.Status == acme.StatusReady) && o.ExpiresAt.After(now) {
+		if (o.Status == acme.StatusPending || o.Status == acme.StatusReady) && !now.After(o.ExpiresAt) {
 			keep = append(keep, id)
 		}
 	}

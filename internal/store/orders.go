@@ -29,3 +29,15 @@ func (s *Store) AccountOrderIDs(_ context.Context, accountID string) ([]string, 
 	}
 	return ids, nil
 }
+
+// Has reports whether a record exists.
+func (s *Store) Has(_ context.Context, table []byte, key string) (bool, error) {
+	_, err := s.db.Get(table, []byte(key))
+	switch {
+	case database.IsErrNotFound(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("store: read %s/%s: %w", table, key, err)
+	}
+	return true, nil
+}
