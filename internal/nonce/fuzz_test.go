@@ -111,7 +111,7 @@ func FuzzRestore(f *testing.F) {
 	f.Add(header(1+1<<62, nonce.IDLen))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m := nonce.NewMemory()
-		err, panicked := restore(m, b)
+		panicked, err := restore(m, b)
 		if panicked != nil {
 			t.Fatalf("Restore(%x) panicked: %v", b, panicked)
 		}

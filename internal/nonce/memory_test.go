@@ -198,9 +198,9 @@ func TestMemorySaveRestore(t *testing.T) {
 }
 
 // restore calls Restore and recovers a panic, for the report.
-func restore(m *nonce.Memory, b []byte) (err error, panicked any) {
+func restore(m *nonce.Memory, b []byte) (panicked any, err error) {
 	defer func() { panicked = recover() }()
-	return m.Restore(b), nil
+	return nil, m.Restore(b)
 }
 
 func header(n uint64, body int) []byte {
@@ -241,7 +241,7 @@ func TestMemoryRestoreCorrupt(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			m := nonce.NewMemory()
-			err, panicked := restore(m, tc.b)
+			panicked, err := restore(m, tc.b)
 			switch {
 			case panicked != nil:
 				t.Errorf("Restore(%x) panicked: %v", tc.b, panicked)

@@ -40,6 +40,10 @@ type readinessChecker interface {
 	// Check reports whether the store answers, probing it at most once per
 	// TTL.
 	Check(ctx context.Context) error
+	// Recheck is Check that does not trust a cached success: a request
+	// that just failed with a 5xx may be the first to meet an outage the
+	// last probe (up to a TTL ago) did not see. Probes stay single-flight.
+	Recheck(ctx context.Context) error
 	// LastFailure is the error of a probe finished within the TTL, or nil
 	// (store up, or not probed recently): it never probes.
 	LastFailure() error
@@ -110,9 +114,15 @@ func (r *readiness) LastFailure() error {
 	return nil
 }
 
-func (r *readiness) Check(ctx context.Context) error {
+func (r *readiness) Check(ctx context.Context) error { return r.check(ctx, true) }
+
+func (r *readiness) Recheck(ctx context.Context) error { return r.check(ctx, false) }
+
+// check answers from the cache (a failure always, a success when
+// trustSuccess) or joins or starts a probe.
+func (r *readiness) check(ctx context.Context, trustSuccess bool) error {
 	r.mu.Lock()
-	if r.fresh() {
+	if r.fresh() && (trustSuccess || r.err != nil) {
 		err := r.err
 		r.mu.Unlock()
 		return err
@@ -208,7 +218,7 @@ func (w *degradedWriter) WriteHeader(code int) {
 		return
 	}
 	w.decided = true
-	if code >= 500 && w.ready.Check(w.r.Context()) != nil {
+	if code >= 500 && w.ready.Recheck(w.r.Context()) != nil {
 		w.replace = true
 		writeStoreUnavailable(w.ResponseWriter, w.r)
 		return

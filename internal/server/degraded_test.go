@@ -20,8 +20,9 @@ type fakeReadiness struct {
 	checks atomic.Int32
 }
 
-func (f *fakeReadiness) Check(context.Context) error { f.checks.Add(1); return f.err }
-func (f *fakeReadiness) LastFailure() error          { return f.last }
+func (f *fakeReadiness) Check(context.Context) error   { f.checks.Add(1); return f.err }
+func (f *fakeReadiness) Recheck(context.Context) error { f.checks.Add(1); return f.err }
+func (f *fakeReadiness) LastFailure() error            { return f.last }
 
 var errStoreDown = errors.New("store: ping PostgreSQL: connection refused")
 
@@ -318,5 +319,36 @@ func TestHealthEndpoints(t *testing.T) {
 				t.Errorf("Content-Type %q", ct)
 			}
 		})
+	}
+}
+
+// TestDegradedReadinessRecheck: a 5xx rechecks the store instead of
+// trusting a success cached before it (a health check polling faster than
+// the TTL kept one cached and let 500s through during a failover), while a
+// cached failure is still answered without a probe.
+func TestDegradedReadinessRecheck(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	var probes atomic.Int32
+	r := newReadiness(readinessConfig{Probe: func(context.Context) error {
+		probes.Add(1)
+		if down.Load() {
+			return errStoreDown
+		}
+		return nil
+	}})
+	if err := r.Check(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	down.Store(true)
+	if err := r.Check(t.Context()); err != nil {
+		t.Fatalf("Check trusted no cache: %v", err)
+	}
+	if err := r.Recheck(t.Context()); !errors.Is(err, errStoreDown) {
+		t.Fatalf("Recheck after the store went down = %v, want the outage", err)
+	}
+	n := probes.Load()
+	if err := r.Recheck(t.Context()); !errors.Is(err, errStoreDown) || probes.Load() != n {
+		t.Errorf("Recheck with a cached failure = %v after %d more probes, want the cached outage", err, probes.Load()-n)
 	}
 }
