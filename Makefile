@@ -6,7 +6,7 @@ CA_DIR    ?= .crank-ca
 TAGS      ?= nobadger nomysql
 GOFLAGS_BUILD = -trimpath -tags '$(TAGS)' -ldflags '-s -w'
 
-.PHONY: all build run test test-short vet lint bench bench-go fuzz clean
+.PHONY: all build run test test-short vet lint bench bench-pg bench-go fuzz clean
 
 all: build
 
@@ -48,6 +48,14 @@ lint:
 # stops; a couple of minutes on 2 cores. See docs/performance.md.
 bench: build
 	BIN='$(BIN)' .ci/bench
+
+# bench-pg runs .ci/bench-pg: crank-ca on a private PostgreSQL server (fsync
+# on), two replicas with every request alternating, one replica, then one of
+# two replicas killed mid-run (retries, certificates missing); with
+# BENCH_STEPCA=/path/to/step-ca also stock step-ca on the same server. Needs
+# PostgreSQL's server binaries; a few minutes. See docs/performance.md.
+bench-pg: build
+	BIN='$(BIN)' .ci/bench-pg
 
 # bench-go runs the Go benchmarks of the module.
 bench-go:

@@ -5,6 +5,12 @@
 //
 //	crank-bench --config DIR/crank-ca.json --mode new-worker --n 200 \
 //	    --server-pid PID --store-path DIR/db --json out.json
+//
+// Replicas of one CA (on one PostgreSQL database) are driven together, every
+// request to the next one, and one can be killed mid-run:
+//
+//	crank-bench --config DIR/crank-ca.json --replica-url https://127.0.0.1:9091 \
+//	    --server-pid PID1 --server-pid PID2 --kill-pid PID2 --kill-after 3s
 package main
 
 import (
@@ -17,6 +23,8 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -43,7 +51,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("crank-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "crank-ca configuration file; join tokens are minted with its token key (required unless --http01-addr)")
-	url := fs.String("url", "", "CA base URL (default https://<listen> from the configuration)")
+	var urls, replicaURLs stringList
+	var pids intList
+	fs.Var(&urls, "url", "CA base URL (default https://<listen> from the configuration); repeated or comma-separated, the others are replicas")
+	fs.Var(&replicaURLs, "replica-url", "base URL of another replica of the same CA; repeated or comma-separated. Requests alternate over all of them, one by one")
 	root := fs.String("root", "", "PEM root that verifies the CA's HTTPS certificate (default the configuration's pki.rootCert)")
 	prov := fs.String("provisioner", "workers", "provisioner: a worker-attestation one, or in http-01 mode an ACME one (crank-ca's adhoc, step-ca's)")
 	mode := fs.String("mode", string(bench.ModeNewWorker), "new-worker, renew or storm")
@@ -53,44 +64,96 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	window := fs.Duration("window", 10*time.Second, "storm: spread of the renewal starts")
 	accounts := fs.Int("accounts", 0, "renew: bound accounts to cycle through (default --concurrency)")
 	prefix := fs.String("prefix", "", `worker name prefix (default "bench-<random>-"); names must match the worker pattern`)
-	pid := fs.Int("server-pid", 0, "CA process id, for server CPU and peak RSS from /proc")
+	fs.Var(&pids, "server-pid", "CA process id, for server CPU and peak RSS from /proc; repeated for replicas (CPU is summed)")
 	storePath := fs.String("store-path", "", "store file or directory, for its size")
+	dbPID := fs.Int("db-pid", 0, "database server's main process (PostgreSQL's postmaster), for the CPU of its process tree per issuance")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	every := fs.Duration("progress", 5*time.Second, "interval of progress lines on stderr")
 	h01Addr := fs.String("http01-addr", "", `drive an ordinary ACME provisioner (e.g. stock step-ca's) with http-01, answering on this address (":80")`)
 	h01Name := fs.String("http01-name", "localhost", "http-01 mode: DNS name to order; the CA must resolve it to this machine")
+	retries := fs.Int("retries", 3, "times a request that failed with a connection error is sent again, to the next replica (0 for none)")
+	retryWithin := fs.Duration("retry-within", 10*time.Second, "no retry later than this after a request's first attempt")
+	killPID := fs.Int("kill-pid", 0, "send SIGKILL to this server process --kill-after into the timed phase")
+	killAfter := fs.Duration("kill-after", 3*time.Second, "with --kill-pid: when to kill")
+	verify := fs.Bool("verify", true, "after the run, ask the CA (ARI renewalInfo) about every certificate received; one it does not know fails the run")
+	verifyTimeout := fs.Duration("verify-timeout", time.Minute, "bound on that check")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	if fs.NArg() != 0 || (*cfgPath == "" && (*h01Addr == "" || *url == "" || *root == "")) {
+	if fs.NArg() != 0 || (*cfgPath == "" && (*h01Addr == "" || len(urls) == 0 || *root == "")) {
 		fmt.Fprintln(stderr, "crank-bench: --config is required (or --http01-addr with --url and --root); no arguments are taken")
 		fs.Usage()
 		return 2
 	}
-	if err := bench1(ctx, benchArgs{
-		cfgPath: *cfgPath, url: *url, root: *root, jsonOut: *jsonOut,
-		cfg: bench.Config{
-			Provisioner: *prov, Mode: bench.Mode(*mode), N: *n, Concurrency: *conc, Timeout: *timeout,
-			Window: *window, Accounts: *accounts, WorkerPrefix: *prefix, ServerPID: *pid,
-			StorePath: *storePath, ProgressEvery: *every, HTTP01Addr: *h01Addr, HTTP01Name: *h01Name,
-		},
-	}, stdout, stderr); err != nil {
+	maxRetries := *retries
+	if maxRetries == 0 {
+		maxRetries = -1 // bench.Config: negative is none, 0 the default
+	}
+	cfg := bench.Config{
+		Provisioner: *prov, Mode: bench.Mode(*mode), N: *n, Concurrency: *conc, Timeout: *timeout,
+		Window: *window, Accounts: *accounts, WorkerPrefix: *prefix, ServerPIDs: pids,
+		StorePath: *storePath, ProgressEvery: *every, HTTP01Addr: *h01Addr, HTTP01Name: *h01Name,
+		DatabasePID: *dbPID, MaxRetries: maxRetries, RetryWithin: *retryWithin, KillPID: *killPID, KillAfter: *killAfter,
+		Verify: *verify, VerifyTimeout: *verifyTimeout,
+	}
+	if len(urls) > 0 {
+		cfg.URL = urls[0]
+		cfg.ReplicaURLs = urls[1:]
+	}
+	cfg.ReplicaURLs = append(cfg.ReplicaURLs, replicaURLs...)
+	if err := bench1(ctx, benchArgs{cfgPath: *cfgPath, root: *root, jsonOut: *jsonOut, cfg: cfg}, stdout, stderr); err != nil {
 		fmt.Fprintf(stderr, "crank-bench: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
+// stringList is a flag that may be repeated, each value a comma-separated
+// list.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	for s := range strings.SplitSeq(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+// intList is a repeatable flag of positive integers (comma lists allowed).
+type intList []int
+
+func (l *intList) String() string {
+	s := make([]string, len(*l))
+	for i, v := range *l {
+		s[i] = strconv.Itoa(v)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *intList) Set(v string) error {
+	for s := range strings.SplitSeq(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n <= 0 {
+			return fmt.Errorf("%q is not a process id", s)
+		}
+		*l = append(*l, n)
+	}
+	return nil
+}
+
 type benchArgs struct {
-	cfgPath, url, root, jsonOut string
-	cfg                         bench.Config
+	cfgPath, root, jsonOut string
+	cfg                    bench.Config
 }
 
 func bench1(ctx context.Context, a benchArgs, stdout, stderr io.Writer) error {
-	a.cfg.URL = a.url
 	rootPath := a.root
 	var mint func(string) (provisioner.Token, error)
 	if a.cfgPath != "" {
@@ -129,8 +192,12 @@ func bench1(ctx context.Context, a benchArgs, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if rep.Failed > 0 || rep.NotRun > 0 {
-		return fmt.Errorf("%d failed, %d not run", rep.Failed, rep.NotRun)
+	missing := 0
+	if rep.Verify != nil {
+		missing = rep.Verify.Missing
+	}
+	if rep.Failed > 0 || rep.NotRun > 0 || missing > 0 {
+		return fmt.Errorf("%d failed, %d not run, certificates missing: %d", rep.Failed, rep.NotRun, missing)
 	}
 	return nil
 }

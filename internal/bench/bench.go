@@ -2,6 +2,11 @@
 // crank-ca over HTTPS with the lego v4 ACME client, as workers do, and
 // measures throughput, latency and the CPU both sides spend per issuance.
 //
+// Several replicas of one CA can be driven at once, every request to the
+// next one (replicaTransport), with retries on the next replica after a
+// connection error; one replica can be killed mid-run, and afterwards the
+// CA can be asked about every certificate the clients received (verify).
+//
 // Every run is bounded twice, by a count (Config.N) and by a time
 // (Config.Timeout), so that a slow or wedged CA ends a run with a report
 // instead of hanging it.
@@ -22,9 +27,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-acme/lego/v4/acme"
@@ -63,6 +70,11 @@ func Modes() []Mode { return []Mode{ModeNewWorker, ModeRenew, ModeStorm} }
 type Config struct {
 	// URL is the CA's base URL, e.g. https://127.0.0.1:9090.
 	URL string
+	// ReplicaURLs are further servers of the same CA (crank-ca replicas on
+	// one PostgreSQL database), base URLs like URL. Every request of every
+	// client goes to the next of URL, ReplicaURLs..., round-robin; see
+	// replicaTransport. ACME URLs keep naming URL's host.
+	ReplicaURLs []string
 	// Provisioner is the worker provisioner's name; default "workers".
 	Provisioner string
 	Mode        Mode
@@ -87,6 +99,14 @@ type Config struct {
 	// ServerPID, when not 0, is the CA's process: its CPU time and peak
 	// RSS are read from /proc. In-process tests set it to os.Getpid().
 	ServerPID int
+	// ServerPIDs are further server processes (replicas): the server CPU
+	// per issuance is the sum over ServerPID and all of these.
+	ServerPIDs []int
+	// DatabasePID, when not 0, is the database server's main process
+	// (PostgreSQL's postmaster): the CPU of its whole process tree, the
+	// backends it forks included (TreeCPU), is reported as database CPU
+	// per issuance, apart from the server's.
+	DatabasePID int
 	// StorePath, when set, is the store's file or directory; its size
 	// after the run is reported.
 	StorePath string
@@ -103,6 +123,26 @@ type Config struct {
 	// HTTP01Name is the DNS name ordered in http-01 mode; the CA must
 	// resolve it to this machine. Default "localhost".
 	HTTP01Name string
+
+	// MaxRetries bounds how often a request that failed with a connection
+	// error is sent again, each time to the next replica; default 3,
+	// negative for none. RetryWithin bounds the time from a request's
+	// first attempt after which it is not retried; default 10s.
+	MaxRetries  int
+	RetryWithin time.Duration
+	// KillPID, when not 0, is a server process that is sent SIGKILL
+	// (Deps.Kill) KillAfter after the timed phase starts, to measure what
+	// a crash of one replica costs the clients. Its CPU time and peak RSS
+	// are read just before.
+	KillPID   int
+	KillAfter time.Duration
+	// Verify asks the CA, after the timed phase, about every certificate
+	// the clients received (set-up included): ARI renewalInfo, which
+	// answers 404 for a certificate it has no record of. Each request goes
+	// round-robin with retries like the others, so replicas that survived
+	// a kill answer. VerifyTimeout bounds it; default 60s.
+	Verify        bool
+	VerifyTimeout time.Duration
 }
 
 // Deps are what a run needs from outside.
@@ -113,6 +153,8 @@ type Deps struct {
 	Mint func(worker string) (provisioner.Token, error)
 	// Progress receives a progress line every ProgressEvery; nil for none.
 	Progress io.Writer
+	// Kill ends a server process for Config.KillPID; default SIGKILL.
+	Kill func(pid int) error
 }
 
 func (c *Config) defaults() error {
@@ -137,6 +179,9 @@ func (c *Config) defaults() error {
 	if c.ProgressEvery <= 0 {
 		c.ProgressEvery = 5 * time.Second
 	}
+	if c.VerifyTimeout <= 0 {
+		c.VerifyTimeout = time.Minute
+	}
 	if c.WorkerPrefix == "" {
 		b := make([]byte, 3)
 		if _, err := rand.Read(b); err != nil {
@@ -151,6 +196,8 @@ func (c *Config) defaults() error {
 		return errors.New("bench: N must be at least 1")
 	case c.Timeout <= 0:
 		return errors.New("bench: Timeout must be positive")
+	case c.KillPID < 0 || c.KillAfter < 0:
+		return errors.New("bench: KillPID and KillAfter must not be negative")
 	}
 	switch c.Mode {
 	case ModeNewWorker, ModeRenew, ModeStorm:
@@ -170,20 +217,29 @@ func Run(ctx context.Context, cfg Config, deps Deps) (*Report, error) {
 	if deps.Mint == nil && cfg.HTTP01Addr == "" {
 		return nil, errors.New("bench: Deps.Mint is required")
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	if deps.Kill == nil {
+		deps.Kill = func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+	}
+	runCtx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	r := &runner{cfg: cfg, deps: deps, ctx: ctx}
+	r := &runner{cfg: cfg, deps: deps, ctx: runCtx}
 	// One transport for all clients: connections are kept alive and
 	// reused, as a long-lived worker's would be (a new TLS connection per
-	// issuance would cost the server more than the issuance).
-	r.transport = &http.Transport{
+	// issuance would cost the server more than the issuance); its pool is
+	// per host, so per replica.
+	replicas := append([]string{cfg.URL}, cfg.ReplicaURLs...)
+	base := &http.Transport{
 		TLSClientConfig:     &tls.Config{RootCAs: cfg.Roots, MinVersion: tls.VersionTLS12},
-		MaxIdleConns:        4 * cfg.Concurrency,
+		MaxIdleConns:        4 * cfg.Concurrency * len(replicas),
 		MaxIdleConnsPerHost: 4 * cfg.Concurrency,
 		IdleConnTimeout:     time.Minute,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
 	}
-	defer r.transport.CloseIdleConnections()
+	defer base.CloseIdleConnections()
+	var err error
+	if r.transport, err = newReplicaTransport(base, replicas, cfg.MaxRetries, cfg.RetryWithin); err != nil {
+		return nil, err
+	}
 	if cfg.HTTP01Addr != "" {
 		r.solver = &http01Solver{keyAuths: map[string]string{}}
 		ln, err := net.Listen("tcp", cfg.HTTP01Addr)
@@ -194,21 +250,20 @@ func Run(ctx context.Context, cfg Config, deps Deps) (*Report, error) {
 		go func() { _ = hs.Serve(ln) }()
 		defer hs.Close()
 	}
-	return r.run()
+	rep, err := r.run()
+	if err != nil || !cfg.Verify {
+		return rep, err
+	}
+	// The check has its own deadline: a run cut off by its timeout still
+	// gets its certificates checked.
+	vctx, vcancel := context.WithTimeout(ctx, cfg.VerifyTimeout)
+	defer vcancel()
+	r.mu.Lock()
+	ids := slices.Clone(r.certIDs)
+	r.mu.Unlock()
+	rep.Verify = r.verify(vctx, ids)
+	return rep, nil
 }
-
-// ctxTransport ties every request to the run's context: lego's API takes
-// no context, and the run's deadline must still cut off requests in flight.
-type ctxTransport struct {
-	ctx  context.Context
-	base *http.Transport
-}
-
-func (t ctxTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	return t.base.RoundTrip(req.WithContext(t.ctx))
-}
-
-func (t ctxTransport) CloseIdleConnections() { t.base.CloseIdleConnections() }
 
 type runner struct {
 	cfg  Config
@@ -216,7 +271,7 @@ type runner struct {
 	ctx  context.Context
 	// transport is shared; each lego client gets its own http.Client
 	// around it because lego.NewClient rewrites the client's Transport.
-	transport *http.Transport
+	transport *replicaTransport
 	solver    *http01Solver // http-01 mode only
 
 	mu        sync.Mutex
@@ -225,6 +280,8 @@ type runner struct {
 	samples   map[string]string
 	done      atomic.Int64
 	failed    atomic.Int64
+	// certIDs are the ARI certIDs of every certificate received.
+	certIDs []string
 }
 
 // account is a bound worker: its ACME client and the certificate it holds.
@@ -299,6 +356,7 @@ func (r *runner) run() (*Report, error) {
 		return nil, err
 	}
 	stopProgress := r.progress(m.start)
+	stopKill := r.scheduleKill(m)
 	switch r.cfg.Mode {
 	case ModeNewWorker:
 		r.pool(n, func(i int) {
@@ -332,6 +390,7 @@ func (r *runner) run() (*Report, error) {
 			r.record(time.Since(due), err)
 		})
 	}
+	stopKill()
 	stopProgress()
 	return r.report(m), nil
 }
@@ -451,6 +510,9 @@ func (r *runner) issue(a *account) error {
 		return fmt.Errorf("bench: ARI certID of %s: %w", a.name, err)
 	}
 	a.certID = id
+	r.mu.Lock()
+	r.certIDs = append(r.certIDs, id)
+	r.mu.Unlock()
 	return nil
 }
 
@@ -494,8 +556,11 @@ func Classify(err error) string {
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		if ue.Timeout() {
+		switch {
+		case ue.Timeout():
 			return "timeout"
+		case IsConnError(ue):
+			return "connection"
 		}
 		return "transport"
 	}
@@ -520,8 +585,8 @@ func (r *runner) progress(start time.Time) (stop func()) {
 			case <-t.C:
 				el := time.Since(start)
 				d, f := r.done.Load(), r.failed.Load()
-				fmt.Fprintf(r.deps.Progress, "crank-bench: %s %d/%d done, %d failed, %.1fs, %.1f/s\n",
-					r.cfg.Mode, d, r.cfg.N, f, el.Seconds(), Rate(int(d-f), el))
+				fmt.Fprintf(r.deps.Progress, "crank-bench: %s %d/%d done, %d failed, %d retries, %.1fs, %.1f/s\n",
+					r.cfg.Mode, d, r.cfg.N, f, r.transport.retries.Load(), el.Seconds(), Rate(int(d-f), el))
 			}
 		}
 	})

@@ -5,9 +5,12 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,12 +116,20 @@ func TestBenchParseStatusKB(t *testing.T) {
 	}
 }
 
-// burn uses CPU so that the process's CPU counters move.
+// burn uses about d of CPU time (not wall time: on a busy machine the
+// test may get a fraction of a core), bounded by 10s of wall time, so that
+// the process's CPU counters move.
 func burn(d time.Duration) {
 	b := []byte("x")
-	for end := time.Now().Add(d); time.Now().Before(end); {
-		s := sha256.Sum256(b)
-		b = s[:]
+	start, _ := SelfCPU()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); {
+		for range 1000 {
+			s := sha256.Sum256(b)
+			b = s[:]
+		}
+		if now, err := SelfCPU(); err != nil || now-start >= d {
+			return
+		}
 	}
 }
 
@@ -192,6 +203,8 @@ func TestBenchClassify(t *testing.T) {
 		{&acme.ProblemDetails{HTTPStatus: 502}, "http-502"},
 		{fmt.Errorf("x: %w", context.DeadlineExceeded), "timeout"},
 		{&url.Error{Op: "Post", URL: "https://x", Err: errors.New("connection refused")}, "transport"},
+		{&url.Error{Op: "Post", URL: "https://x", Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}, "connection"},
+		{fmt.Errorf("post: %w", &url.Error{Op: "Post", URL: "https://x", Err: io.ErrUnexpectedEOF}), "connection"},
 		{errors.New("odd"), "other"},
 	} {
 		if got := Classify(tc.err); got != tc.want {
@@ -216,6 +229,8 @@ func TestBenchConfigDefaultsAndBounds(t *testing.T) {
 		{URL: "https://x", Mode: ModeStorm, Timeout: time.Second},     // no N
 		{URL: "https://x", Mode: ModeStorm, N: 1},                     // no timeout
 		{URL: "https://x", Mode: "flood", N: 1, Timeout: time.Second}, // mode
+		{URL: "https://x", Mode: ModeStorm, N: 1, Timeout: time.Second, KillPID: -1},
+		{URL: "https://x", Mode: ModeStorm, N: 1, Timeout: time.Second, KillPID: 1, KillAfter: -time.Second},
 	} {
 		if err := bad.defaults(); err == nil {
 			t.Errorf("%+v: no error", bad)
