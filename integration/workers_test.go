@@ -207,6 +207,30 @@ func TestWorkerRefusals(t *testing.T) {
 		cl2, u2 := c.newLego("workers", nil)
 		wantProblem(t, c.register(cl2, u2, tok), "unauthorized", 401)
 	})
+	t.Run("replayed registration", func(t *testing.T) {
+		t.Parallel()
+		// The same key sends the same new-account again (its first
+		// response was lost): the account the token bound is answered,
+		// and it orders. Another key with that token is still refused.
+		tok := c.token("api")
+		key := newKey(t)
+		cl, u := c.newLego("workers", key)
+		if err := c.register(cl, u, tok); err != nil {
+			t.Fatal(err)
+		}
+		again, u2 := c.newLego("workers", key)
+		if err := c.register(again, u2, tok); err != nil {
+			t.Fatalf("replayed new-account: %v", err)
+		}
+		if u2.reg.URI != u.reg.URI {
+			t.Errorf("replay answered account %s, want %s", u2.reg.URI, u.reg.URI)
+		}
+		if _, err := obtain(t, c, again.Certificate, "api.workers.crank.internal"); err != nil {
+			t.Errorf("order after the replay: %v", err)
+		}
+		other, u3 := c.newLego("workers", nil)
+		wantProblem(t, c.register(other, u3, tok), "unauthorized", 401)
+	})
 	t.Run("expired token", func(t *testing.T) {
 		t.Parallel()
 		tok := mint("api", 2*time.Second)

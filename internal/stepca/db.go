@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -64,7 +65,15 @@ func (d *acmeDB) DeleteNonce(ctx context.Context, n acme.Nonce) error {
 
 // CreateAccount stores an account with smallstep and indexes it for
 // retention, which deletes it if it never orders (retention.unusedAccounts).
+//
+// An account of a token provisioner is only held here: it is written with
+// its binding in UpdateExternalAccountKey, which smallstep calls next.
 func (d *acmeDB) CreateAccount(ctx context.Context, acc *acme.Account) error {
+	if spec := d.specs[acc.ProvisionerID]; spec != nil && spec.usesTokens() {
+		if held, err := d.holdAccount(ctx, acc); held {
+			return err
+		}
+	}
 	if err := d.DB.CreateAccount(ctx, acc); err != nil {
 		return err
 	}
@@ -121,7 +130,19 @@ func (d *acmeDB) UpdateExternalAccountKey(ctx context.Context, provID string, ea
 		b.Attestor, b.SPIFFEID, b.DNSNames, b.IPs = claims.Attestor, claims.SPIFFEID, claims.DNSNames, claims.IPs
 		b.PodName, b.PodUID = claims.PodName, claims.PodUID
 	}
-	switch err := d.store.Bind(ctx, b); {
+	var err error
+	if a := stateFrom(ctx).account; a != nil && a.rec.ID == eak.AccountID {
+		err = d.writeBoundAccount(ctx, a, b)
+	} else {
+		err = d.store.Bind(ctx, b)
+	}
+	switch {
+	case errors.Is(err, errKeyTaken):
+		// RFC 8555 has no problem type for this race; 409 tells the
+		// client its request met a concurrent one, not that it was bad.
+		e := acme.NewDetailedError(acme.ErrorMalformedType, "an account with this key was created by a concurrent request; send new-account again to fetch it")
+		e.Status = http.StatusConflict
+		return e
 	case errors.Is(err, store.ErrTokenUsed):
 		d.audit.Warn("token reuse refused", "provisioner", spec.Name, "worker", b.Worker, "account", b.AccountID, "kid", kidDigest(b.KID))
 		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "the join token has already been used")

@@ -100,7 +100,7 @@ func (l *linker) renderWithNonce(w http.ResponseWriter, r *http.Request, err err
 // Anything this check cannot parse is left to smallstep, which rejects it with
 // its own malformed problem; the outer JWS is verified by smallstep later, so
 // nothing here is trusted beyond refusing.
-func (l *linker) precheckEAB(ctx context.Context, spec *Provisioner, eabJSON json.RawMessage) error {
+func (l *linker) precheckEAB(ctx context.Context, spec *Provisioner, eabJSON json.RawMessage, jwk *jose.JSONWebKey) error {
 	if len(eabJSON) == 0 || string(eabJSON) == "null" {
 		return nil // smallstep answers externalAccountRequired
 	}
@@ -112,9 +112,14 @@ func (l *linker) precheckEAB(ctx context.Context, spec *Provisioner, eabJSON jso
 	if kid == "" {
 		return acme.NewDetailedError(acme.ErrorMalformedType, "externalAccountBinding has no kid")
 	}
-	info, err := l.tokens.check(ctx, spec, kid)
+	info, replay, err := l.tokens.checkRegistration(ctx, spec, kid, jwk)
 	if err != nil {
 		return err
+	}
+	if replay {
+		// smallstep finds the account by its key and answers it, 200,
+		// binding nothing; the EAB is not looked at again.
+		return nil
 	}
 	if _, err := eab.Verify(info.hmacKey); err != nil {
 		return acme.NewDetailedError(acme.ErrorUnauthorizedType, "the external account binding is not signed with the token's HMAC key")

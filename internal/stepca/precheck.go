@@ -66,7 +66,7 @@ func (l *linker) precheck(ctx context.Context, r *http.Request, route string, sp
 			}
 		}
 		if spec.usesTokens() && !onlyExisting {
-			return l.precheckEAB(ctx, spec, eab)
+			return l.precheckEAB(ctx, spec, eab, jws.Signatures[0].Protected.JSONWebKey)
 		}
 	case strings.HasSuffix(route, "/account/{accID}"):
 		if err := checkKIDMatchesPath(jws, chi.URLParam(r, "accID")); err != nil {

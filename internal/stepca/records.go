@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/smallstep/certificates/acme"
+	"go.step.sm/crypto/jose"
 	"go.step.sm/crypto/randutil"
 
 	"github.com/crank-platform/crank-ca/internal/store"
@@ -76,6 +77,17 @@ type (
 		Serial        string `json:"serial"`
 		CertificateID string `json:"certificateID"`
 	}
+	stepAccount struct {
+		ID              string           `json:"id"`
+		Key             *jose.JSONWebKey `json:"key"`
+		Contact         []string         `json:"contact,omitempty"`
+		Status          acme.Status      `json:"status"`
+		LocationPrefix  string           `json:"locationPrefix"`
+		ProvisionerID   string           `json:"provisionerID,omitempty"`
+		ProvisionerName string           `json:"provisionerName"`
+		CreatedAt       time.Time        `json:"createdAt"`
+		DeactivatedAt   time.Time        `json:"deactivatedAt"`
+	}
 )
 
 var (
@@ -85,7 +97,67 @@ var (
 	orderIndexTable = []byte("acme_account_orders_index")
 	acmeCertsTable  = []byte("acme_certs")
 	serialsTable    = []byte("acme_serial_certs_index")
+	accountsTable   = []byte("acme_accounts")
+	accountKeyTable = []byte("acme_keyID_accountID_index")
 )
+
+// heldAccount is a new account of a token provisioner, held from
+// CreateAccount until UpdateExternalAccountKey writes it with its binding
+// and the token's spend: an account without its binding never exists.
+type heldAccount struct {
+	rec   stepAccount
+	keyID string
+}
+
+// errKeyTaken is a concurrent new-account with the same key that won.
+var errKeyTaken = errors.New("an account with this key was created by a concurrent request")
+
+// holdAccount gives acc its id and keeps its record for the binding
+// transaction. It reports false when the request carries no state (a call
+// from outside a request), so the caller stores the account at once.
+func (d *acmeDB) holdAccount(ctx context.Context, acc *acme.Account) (bool, error) {
+	st, ok := stateIn(ctx)
+	if !ok {
+		return false, nil
+	}
+	kid, err := acme.KeyToID(acc.Key)
+	if err != nil {
+		return true, err
+	}
+	id, err := newRecordID()
+	if err != nil {
+		return true, err
+	}
+	acc.ID = id
+	st.account = &heldAccount{keyID: kid, rec: stepAccount{
+		ID: id, Key: acc.Key, Contact: acc.Contact, Status: acc.Status, CreatedAt: stepNow(),
+		LocationPrefix: acc.LocationPrefix, ProvisionerID: acc.ProvisionerID, ProvisionerName: acc.ProvisionerName,
+	}}
+	return true, nil
+}
+
+// writeBoundAccount stores a held account, its key index, its retention
+// index entry and its binding (spending the token) in one transaction.
+func (d *acmeDB) writeBoundAccount(ctx context.Context, a *heldAccount, b store.Binding) error {
+	return d.store.Txn(ctx, func(kv store.KV) error {
+		switch _, err := kv.GetForUpdate(accountKeyTable, []byte(a.keyID)); {
+		case err == nil:
+			return errKeyTaken
+		case !store.IsNotFound(err):
+			return err
+		}
+		if err := kv.Set(accountKeyTable, []byte(a.keyID), []byte(a.rec.ID)); err != nil {
+			return err
+		}
+		if err := putJSON(kv, accountsTable, a.rec.ID, a.rec); err != nil {
+			return err
+		}
+		if err := store.IndexAccountIn(kv, a.rec.ID, a.rec.CreatedAt); err != nil {
+			return err
+		}
+		return store.BindIn(kv, b)
+	})
+}
 
 // newRecordID is smallstep's record id: 32 random alphanumerics.
 func newRecordID() (string, error) { return randutil.Alphanumeric(32) }

@@ -50,12 +50,23 @@ type state struct {
 	// replaces is the certID of a new-order's "replaces" field (RFC 9773);
 	// read before smallstep verifies the request, used only after.
 	replaces string
+	// account, on new-account at a token provisioner, is the new account
+	// until its binding is written with it.
+	account *heldAccount
 }
 
 type stateKey struct{}
 
 func withState(ctx context.Context) context.Context {
 	return context.WithValue(ctx, stateKey{}, &state{})
+}
+
+// stateIn returns the request's state and whether there is one: seams
+// that hold writes for later in the request must not hold them in a
+// throwaway state.
+func stateIn(ctx context.Context) (*state, bool) {
+	s, ok := ctx.Value(stateKey{}).(*state)
+	return s, ok && s != nil
 }
 
 // stateFrom returns the request's state; a zero state when absent (tests or

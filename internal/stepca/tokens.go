@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/smallstep/certificates/acme"
+	"go.step.sm/crypto/jose"
 
 	"github.com/crank-platform/crank-ca/internal/store"
 	"github.com/crank-platform/crank-ca/provisioner"
@@ -23,6 +24,10 @@ type tokenChecker struct {
 	audit *slog.Logger
 }
 
+// errTokenSpent marks the refusal of a spent token, which a replayed
+// new-account of the account the token bound is excused from.
+var errTokenSpent = errors.New("the join token has already been used")
+
 type tokenInfo struct {
 	kid      string
 	claims   provisioner.TokenClaims
@@ -35,15 +40,58 @@ type tokenInfo struct {
 func (t *tokenChecker) check(ctx context.Context, spec *Provisioner, kid string) (tokenInfo, error) {
 	info, err := t.decide(ctx, spec, kid)
 	if err != nil {
-		reason := err.Error()
-		var ae *acme.Error
-		if errors.As(err, &ae) {
-			reason = ae.Detail
-		}
-		t.audit.Warn("join token refused", "provisioner", spec.Name, "worker", info.claims.Worker, "kid", kidDigest(kid), "reason", reason)
+		t.refused(spec, info, kid, err)
 		return tokenInfo{}, err
 	}
 	return info, nil
+}
+
+// checkRegistration is check for a new-account signed with jwk, which
+// also recognises a replay: the same key registering again with the token
+// that bound its account (the first response was lost, say to a replica
+// that died). replay is then true and err nil.
+func (t *tokenChecker) checkRegistration(ctx context.Context, spec *Provisioner, kid string, jwk *jose.JSONWebKey) (info tokenInfo, replay bool, err error) {
+	info, err = t.decide(ctx, spec, kid)
+	switch {
+	case err == nil:
+		return info, false, nil
+	case t.boundByThisToken(ctx, err, jwk, kid):
+		t.audit.Info("new-account replayed by the account its token bound", "provisioner", spec.Name, "worker", info.claims.Worker, "kid", kidDigest(kid))
+		return tokenInfo{}, true, nil
+	}
+	t.refused(spec, info, kid, err)
+	return tokenInfo{}, false, err
+}
+
+// refused records a refusal in the audit stream.
+func (t *tokenChecker) refused(spec *Provisioner, info tokenInfo, kid string, err error) {
+	reason := err.Error()
+	var ae *acme.Error
+	if errors.As(err, &ae) {
+		reason = ae.Detail
+	}
+	t.audit.Warn("join token refused", "provisioner", spec.Name, "worker", info.claims.Worker, "kid", kidDigest(kid), "reason", reason)
+}
+
+// boundByThisToken reports whether err refuses a spent token that bound
+// the account of jwk. The JWS is not verified yet when this runs; smallstep
+// verifies it with jwk before answering, so a request that names someone
+// else's key gets nothing from the excuse.
+func (t *tokenChecker) boundByThisToken(ctx context.Context, err error, jwk *jose.JSONWebKey, kid string) bool {
+	var ae *acme.Error
+	if jwk == nil || !errors.As(err, &ae) || !errors.Is(ae.Err, errTokenSpent) {
+		return false
+	}
+	keyID, err := acme.KeyToID(jwk)
+	if err != nil {
+		return false
+	}
+	accID, err := t.store.AccountByKeyID(ctx, keyID)
+	if err != nil {
+		return false
+	}
+	b, err := t.store.Binding(ctx, accID)
+	return err == nil && b.KID == kid
 }
 
 func (t *tokenChecker) decide(ctx context.Context, spec *Provisioner, kid string) (tokenInfo, error) {
@@ -90,7 +138,9 @@ func (t *tokenChecker) decide(ctx context.Context, spec *Provisioner, kid string
 		return tokenInfo{}, acme.WrapErrorISE(err, "error reading token state")
 	}
 	if used {
-		return tokenInfo{claims: claims}, acme.NewDetailedError(acme.ErrorUnauthorizedType, "the join token has already been used")
+		e := acme.NewDetailedError(acme.ErrorUnauthorizedType, "the join token has already been used")
+		e.Err = errTokenSpent
+		return tokenInfo{claims: claims}, e
 	}
 	return info, nil
 }

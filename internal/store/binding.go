@@ -147,6 +147,40 @@ func (s *Store) Bind(ctx context.Context, b Binding) error {
 	return nil
 }
 
+// BindIn is Bind inside a transaction, so that a new account, its binding
+// and the token's spend commit together or not at all: an account is never
+// left unbound by a lost race or a crash between the writes. The token's
+// key is held for update, so of two transactions spending one token (at
+// any replica) exactly one commits; the other gets ErrTokenUsed.
+func BindIn(kv KV, b Binding) error {
+	if b.AccountID == "" || b.KID == "" || b.BoundAt.IsZero() {
+		return errors.New("store: binding needs an account, a token id and a time")
+	}
+	val, err := json.Marshal(b)
+	if err != nil {
+		return fmt.Errorf("store: encode binding: %w", err)
+	}
+	key := tokenUseKey(b.KID)
+	switch _, err := kv.GetForUpdate(tokenUsesTable, key); {
+	case err == nil:
+		return ErrTokenUsed
+	case !IsNotFound(err):
+		return fmt.Errorf("store: read token use: %w", err)
+	}
+	if err := kv.Set(tokenUsesTable, key, val); err != nil {
+		return fmt.Errorf("store: spend token: %w", err)
+	}
+	if !b.TokenExpiresAt.IsZero() {
+		if err := putExpiryIn(kv, expiry{kind: kindSpentToken, at: b.TokenExpiresAt, id: string(key)}); err != nil {
+			return err
+		}
+	}
+	if err := kv.Set(bindingTable, []byte(b.AccountID), val); err != nil {
+		return fmt.Errorf("store: write binding: %w", err)
+	}
+	return nil
+}
+
 // spend records a token as used if it is not yet: ErrTokenUsed otherwise.
 // crank-ca's drivers make the compare-and-swap from "absent" atomic, also
 // across replicas on one PostgreSQL database, so of two concurrent spends
@@ -158,6 +192,20 @@ func (s *Store) spend(_ context.Context, key, val []byte) error {
 		return ErrTokenUsed
 	}
 	return nil
+}
+
+// AccountByKeyID returns the id of the ACME account registered with the
+// key of this thumbprint (acme.KeyToID), read from smallstep's index, or
+// ErrNotFound.
+func (s *Store) AccountByKeyID(_ context.Context, keyID string) (string, error) {
+	v, err := s.db.Get(accountByKeyTable, []byte(keyID))
+	switch {
+	case database.IsErrNotFound(err):
+		return "", ErrNotFound
+	case err != nil:
+		return "", fmt.Errorf("store: read account key index: %w", err)
+	}
+	return string(v), nil
 }
 
 // Binding returns the binding of an account, or ErrNotFound.

@@ -222,6 +222,12 @@ func (s *Store) IndexAccount(_ context.Context, id string, createdAt time.Time) 
 	return s.putExpiry(expiry{kind: kindAccount, at: createdAt, id: id})
 }
 
+// IndexAccountIn is IndexAccount inside the transaction that stores the
+// account.
+func IndexAccountIn(kv KV, id string, createdAt time.Time) error {
+	return putExpiryIn(kv, expiry{kind: kindAccount, at: createdAt, id: id})
+}
+
 // indexSpentToken records when a spent token (key in crank_token_uses) may
 // be forgotten. A token without an expiry stays spent for ever.
 func (s *Store) indexSpentToken(key []byte, expires time.Time) error {
