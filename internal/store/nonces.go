@@ -49,7 +49,19 @@ func (s *Store) NonceKey(ctx context.Context) ([]byte, error) { return s.Secret(
 
 // Spend records a nonce as spent in the shared replay set (replicas on one
 // database); false if another request spent it first.
-func (s *Store) Spend(_ context.Context, id nonce.ID, _ time.Time) (bool, error) {
+//
+// On PostgreSQL the spends of concurrent requests share one statement and
+// commit (Postgres.InsertNew).
+func (s *Store) Spend(ctx context.Context, id nonce.ID, _ time.Time) (bool, error) {
+	if in, ok := s.db.(interface {
+		InsertNew(ctx context.Context, bucket, key, value []byte) (bool, error)
+	}); ok {
+		fresh, err := in.InsertNew(ctx, spentNoncesTable, id[:], []byte{1})
+		if err != nil {
+			return false, fmt.Errorf("store: spend nonce: %w", err)
+		}
+		return fresh, nil
+	}
 	_, swapped, err := s.db.CmpAndSwap(spentNoncesTable, id[:], nil, []byte{1})
 	if err != nil {
 		return false, fmt.Errorf("store: spend nonce: %w", err)

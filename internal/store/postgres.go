@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,6 +31,8 @@ type Postgres struct {
 	// opTimeout bounds each operation: nosql's interface carries no
 	// context, and a request must not hang on a dead database.
 	opTimeout time.Duration
+	// batchers group-commit InsertNew per bucket and value.
+	batchers sync.Map
 }
 
 // PostgresConfig configures OpenPostgres.
