@@ -201,10 +201,11 @@ func (ck *checker) object(path string, t reflect.Type) error {
 		ft, ok := fields[key]
 		if !ok {
 			msg := fmt.Sprintf("json: unknown field %q", key)
-			for name := range fields {
-				if strings.EqualFold(name, key) {
-					msg += fmt.Sprintf(" (field names are case-sensitive: did you mean %q?)", name)
-				}
+			switch name, ok := closestField(key, fields); {
+			case ok && strings.EqualFold(name, key):
+				msg += fmt.Sprintf(" (field names are case-sensitive: did you mean %q?)", name)
+			case ok:
+				msg += fmt.Sprintf(" (did you mean %q?)", name)
 			}
 			ck.addf(path, "%s", msg)
 			if err := ck.skipValue(); err != nil {
@@ -294,4 +295,52 @@ func joinPath(parent, name string) string {
 		return name
 	}
 	return parent + "." + name
+}
+
+// closestField is the field name a misspelt key most likely meant: the
+// nearest by edit distance, ignoring case, if it is close enough to be a
+// typo (at most 1 edit for short names, 2 from 6 letters on). Ties go to
+// the first name in sort order, so the message is the same every time.
+func closestField[V any](key string, fields map[string]V) (string, bool) {
+	best, bestDist := "", -1
+	lk := strings.ToLower(key)
+	for name := range fields {
+		d := editDistance(lk, strings.ToLower(name))
+		if bestDist < 0 || d < bestDist || (d == bestDist && name < best) {
+			best, bestDist = name, d
+		}
+	}
+	limit := 1
+	if len(key) >= 6 {
+		limit = 2
+	}
+	return best, bestDist >= 0 && bestDist <= limit
+}
+
+// editDistance is the optimal string alignment distance of a and b: the
+// fewest insertions, deletions, substitutions and swaps of two adjacent
+// bytes that turn one into the other ("trustDomian" is one swap from
+// "trustdomain").
+func editDistance(a, b string) int {
+	prev2 := make([]int, len(b)+1)
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
 }

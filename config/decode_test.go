@@ -54,6 +54,21 @@ func TestDecodeRejects(t *testing.T) {
 			want: []string{`json: unknown field "Listen" (field names are case-sensitive: did you mean "listen"?)`},
 		},
 		{
+			name: "a misspelt field gets a suggestion",
+			in:   `{"trustDomian":"example.org"}`,
+			want: []string{`json: unknown field "trustDomian" (did you mean "trustDomain"?)`},
+		},
+		{
+			name: "a misspelt nested field gets a suggestion",
+			in:   `{"storage":{"tpye":"bbolt"}}`,
+			want: []string{`storage: json: unknown field "tpye" (did you mean "type"?)`},
+		},
+		{
+			name: "misspelt and wrongly cased",
+			in:   `{"TrustDomian":"example.org"}`,
+			want: []string{`json: unknown field "TrustDomian" (did you mean "trustDomain"?)`},
+		},
+		{
 			name: "removed storage.maxOpenConns is unknown",
 			in:   `{"storage":{"type":"postgresql","dsn":"host=db","maxOpenConns":16}}`,
 			want: []string{`storage: json: unknown field "maxOpenConns"`},
@@ -227,5 +242,32 @@ func TestDecodeTooLarge(t *testing.T) {
 	in := `{"listen":"` + strings.Repeat("a", MaxFileSize) + `"}`
 	if _, err := Decode(strings.NewReader(in)); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("Decode error = %v, want size error", err)
+	}
+}
+
+func TestClosestField(t *testing.T) {
+	t.Parallel()
+	fields := map[string]int{"listen": 0, "trustDomain": 0, "type": 0, "tokenKeyFile": 0, "ari": 0, "crl": 0}
+	tests := []struct {
+		key    string
+		want   string
+		wantOK bool
+	}{
+		{"trustDomian", "trustDomain", true}, // adjacent swap
+		{"trustdomain", "trustDomain", true}, // case only
+		{"trustDomainn", "trustDomain", true},
+		{"trstDmain", "trustDomain", true}, // two edits from 6 letters on
+		{"tpye", "type", true},
+		{"lsten", "listen", true},
+		{"tokenFile", "", false}, // too far to be a typo
+		{"crt", "crl", true},
+		{"xyz", "", false},
+		{"", "", false},
+	}
+	for _, tt := range tests {
+		got, ok := closestField(tt.key, fields)
+		if ok != tt.wantOK || (ok && got != tt.want) {
+			t.Errorf("closestField(%q) = %q, %v; want %q, %v", tt.key, got, ok, tt.want, tt.wantOK)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -210,8 +211,17 @@ func TestAdminCLI(t *testing.T) {
 		t.Errorf("after rotate, certs list: %+v", certs)
 	}
 
-	if out := cli("revoke", "--serial", serial, "--reason", "keyCompromise"); strings.TrimSpace(out) != "revoked "+serial {
-		t.Errorf("revoke --serial: %q", out)
+	if _, errOut, code := runCmd(t, bin, "revoke", "--config", cfgPath, "--serial", "12g4"); code != 1 || !strings.Contains(errOut, `serial "12g4" is neither a decimal nor a hexadecimal`) {
+		t.Errorf("revoke of a malformed serial: code %d, stderr %q", code, errOut)
+	}
+	// The serial as `openssl x509 -text` prints it: colon-separated hex.
+	hexSerial := fmt.Sprintf("%x", leaf.SerialNumber.Bytes())
+	var pairs []string
+	for i := 0; i < len(hexSerial); i += 2 {
+		pairs = append(pairs, hexSerial[i:min(i+2, len(hexSerial))])
+	}
+	if out := cli("revoke", "--serial", strings.Join(pairs, ":"), "--reason", "keyCompromise"); strings.TrimSpace(out) != "revoked "+serial {
+		t.Errorf("revoke --serial in hex: %q, want revoked %s", out, serial)
 	}
 	cliWaitFor(t, "revoked serial in /crl", func() bool {
 		resp, err := s.client(nil).Get(s.url + "/crl")

@@ -166,7 +166,14 @@ func (o operator) Revoke(ctx context.Context, req admin.RevokeRequest) (admin.Re
 	if !ok {
 		return admin.RevokeResult{}, admin.Errorf(admin.ErrInvalid, "reason %q is not an RFC 5280 reason name", req.Reason)
 	}
-	serials := []string{req.Serial}
+	var serials []string
+	if req.Serial != "" {
+		serial, err := admin.ParseSerial(req.Serial)
+		if err != nil {
+			return admin.RevokeResult{}, admin.Errorf(admin.ErrInvalid, "%v", err)
+		}
+		serials = []string{serial}
+	}
 	if req.Worker != "" {
 		live, err := o.Certificates(ctx, admin.CertFilter{Worker: req.Worker})
 		if err != nil {
