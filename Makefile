@@ -6,12 +6,31 @@ CA_DIR    ?= .crank-ca
 TAGS      ?= nobadger nomysql
 GOFLAGS_BUILD = -trimpath -tags '$(TAGS)' -ldflags '-s -w'
 
-.PHONY: all build run test test-short vet lint bench bench-pg bench-go fuzz clean
+.PHONY: all build release run test test-short vet lint bench bench-pg bench-go fuzz clean
 
 all: build
 
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./cmd/...
+
+# release builds the shipped programs as static (CGO_ENABLED=0), trimmed,
+# stripped binaries with the build tags of `build`, stamped with VERSION
+# (`crank-ca version` prints it), into $(RELEASE_DIR)/<os>-<arch>/ with a
+# SHA256SUMS file, for every platform of RELEASE_PLATFORMS.
+# TestReleaseBuild (integration/version_test.go) checks the result.
+VERSION           ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+RELEASE_DIR       ?= $(BIN)/release
+RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
+RELEASE_CMDS      ?= crank-ca crank-agent hello-worker
+release:
+	@set -e; for p in $(RELEASE_PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; out='$(RELEASE_DIR)'/$$os-$$arch; \
+	  echo "release $(VERSION) $$os/$$arch: $$out/"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -buildvcs=auto -tags '$(TAGS)' \
+	    -ldflags '-s -w -X github.com/crank-platform/crank-ca/internal/version.Stamp=$(VERSION)' \
+	    -o "$$out/" $(addprefix ./cmd/,$(RELEASE_CMDS)); \
+	  (cd "$$out" && sha256sum $(RELEASE_CMDS) > SHA256SUMS); \
+	done
 
 # run creates a development CA under $(CA_DIR) on first use, then serves it
 # on 127.0.0.1:9090 until interrupted.

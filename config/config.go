@@ -49,6 +49,7 @@ type Config struct {
 	Admin        Admin     `json:"admin"`
 	ARI          ARI       `json:"ari"`
 	CRL          CRL       `json:"crl"`
+	Metrics      Metrics   `json:"metrics,omitzero"`
 	// Provisioners decide who may obtain which certificates. At least one is
 	// required; names are unique.
 	Provisioners []Provisioner `json:"provisioners"`
@@ -164,6 +165,15 @@ type CRL struct {
 	// regenerated at 2/3 of it and on every revocation. Default 1h; at
 	// least 1m.
 	Interval Duration `json:"interval"`
+}
+
+// Metrics configures the Prometheus metrics endpoint, off by default.
+type Metrics struct {
+	// Listen is the host:port of a plain-HTTP listener of its own serving
+	// GET /metrics, never the ACME port. Empty (the default) serves no
+	// metrics. It has no TLS and no authentication: keep it on loopback
+	// or a private monitoring network ("127.0.0.1:9091").
+	Listen string `json:"listen,omitempty"`
 }
 
 // Log configures the process logger.

@@ -605,6 +605,21 @@ func (c *Config) validateOperations(ps *problems) {
 	if c.CRL.Interval.Duration < MinCRLInterval {
 		ps.addf("crl.interval", "must be at least %v", MinCRLInterval)
 	}
+	c.validateMetrics(ps)
+}
+
+// validateMetrics checks metrics.listen: empty (off), or a host:port other
+// than the CA's own listen address.
+func (c *Config) validateMetrics(ps *problems) {
+	l := c.Metrics.Listen
+	if l == "" {
+		return
+	}
+	if err := checkHostPort(l); err != nil {
+		ps.addf("metrics.listen", "%v (or leave it out for no metrics)", err)
+	} else if l == c.Listen {
+		ps.addf("metrics.listen", "must differ from listen (%s): metrics are served on a listener of their own", c.Listen)
+	}
 }
 
 // checkPrincipalID applies the rules shared by admin and controller IDs: a

@@ -27,6 +27,7 @@ import (
 	"github.com/crank-platform/crank-ca/internal/agent"
 	"github.com/crank-platform/crank-ca/internal/paths"
 	"github.com/crank-platform/crank-ca/internal/supervise"
+	"github.com/crank-platform/crank-ca/internal/version"
 )
 
 // Environment variables crank-agent reads, and those it sets for its child.
@@ -46,6 +47,7 @@ Usage:
   crank-agent --ca-url URL --fingerprint HEX --worker NAME [--token TOKEN | --token-file FILE] [options] --once
   crank-agent --ca-url URL --fingerprint HEX --worker NAME [--token TOKEN | --token-file FILE] [options]
   crank-agent --ca-url URL --fingerprint HEX --jwt-file FILE [--worker NAME] --state DIR [options] [--once | -- COMMAND [ARG...]]
+  crank-agent --version
 
 With a COMMAND, crank-agent obtains the certificate, writes the files to --out
 and starts COMMAND with ` + envCertFile + `, ` + envKeyFile + `, ` + envChainFile + `,
@@ -95,6 +97,7 @@ type options struct {
 	logFormat                                                                      string
 	logLevel                                                                       slog.Level
 	command                                                                        []string
+	metricsListen                                                                  string
 }
 
 func newFlagSet(o *options) (*flag.FlagSet, *string, *string) {
@@ -111,6 +114,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *string, *string) {
 	fs.StringVar(&o.out, "out", "", "`DIR` to write cert.pem, chain.pem, key.pem and root.pem to (default STATE/tls)")
 	sig := fs.String("signal", "HUP", "`SIGNAL` sent to COMMAND after each rotation: HUP, USR1, USR2, TERM, ... or none")
 	fs.BoolVar(&o.once, "once", false, "obtain or reuse a certificate, write the files and exit")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics (host:port; default $"+envMetricsListen+", else none)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format` on stderr: text or json")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	return fs, sig, level
@@ -184,6 +188,10 @@ func printUsage(w io.Writer) {
 
 // run returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
+	if version.Requested(args) {
+		fmt.Fprintln(stdout, version.Get().Line("crank-agent"))
+		return 0
+	}
 	o, err := parseArgs(args)
 	if errors.Is(err, flag.ErrHelp) {
 		printUsage(stdout)
@@ -257,13 +265,19 @@ func execute(o *options, stderr io.Writer) (int, error) {
 	}
 	log := newLogger(stderr, o)
 	routeLegoLogs(log)
+	am, err := startMetrics(o, os.Getenv, log)
+	if err != nil {
+		return 0, err
+	}
+	defer am.stop()
 	a, err := agent.New(agent.Config{
 		CAURL: o.caURL, Provisioner: o.provisioner, Fingerprint: o.fingerprint, Token: token,
-		JWTFile: o.jwtFile, Worker: o.worker, StateDir: stateDir, Logger: log,
+		JWTFile: o.jwtFile, Worker: o.worker, StateDir: stateDir, Logger: log, Observer: am.observer(),
 	})
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", errUsage, err)
 	}
+	am.attach(a)
 	mode := "daemon"
 	switch {
 	case o.once:

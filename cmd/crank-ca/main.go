@@ -32,9 +32,11 @@ const usage = `crank-ca: an internal ACME certificate authority for mTLS workers
 
 Usage:
   crank-ca init --dir DIR [--listen ADDR] [--trust-domain TD] [--dns NAME,...]
-  crank-ca serve --config FILE
+  crank-ca serve --config FILE                     (SIGHUP re-reads FILE; SIGINT/SIGTERM stop)
   crank-ca token create --config FILE --worker NAME [--ttl DURATION] [--provisioner NAME] [--json] [--local]
   crank-ca token create --config FILE --provisioner ACME-NAME [--ttl DURATION] [--json] [--local]   (EAB credentials)
+  crank-ca restore --config FILE --from BACKUP [--crl-number N]   (server stopped; the replaced store is kept aside)
+  crank-ca version [--json]                                        (also --version)
 
 Operator commands (admin API of the running server, over mutual TLS):
   crank-ca workers list --config FILE [--json]
@@ -44,6 +46,7 @@ Operator commands (admin API of the running server, over mutual TLS):
   crank-ca rotate --config FILE (--worker NAME | --all) [--issued-before RFC3339]
   crank-ca worker disable NAME --config FILE [--provisioner NAME]
   crank-ca worker enable NAME --config FILE [--provisioner NAME]
+  crank-ca backup --config FILE --out FILE
   These, and token create, also take:
     --server URL          the CA (default https://<listen> of the configuration)
     --admin-cert FILE     operator certificate (default admin.certFile, admin/operator.crt)
@@ -58,6 +61,14 @@ Operator commands (admin API of the running server, over mutual TLS):
   crank-ca admin cert --config FILE --spiffe-id ID [--lifetime DURATION] [--out DIR]
     the same for an ID already in admin.spiffeIDs or admin.controllers (a
     controller may only mint join tokens within its limits).
+  crank-ca admin cert --config FILE --renew [--admin-cert FILE --admin-key FILE] [--lifetime DURATION]
+    replaces the operator certificate (default admin.certFile) with a fresh
+    one for the same ID, key and certificate each atomically (key 0600).
+
+  crank-ca pki rotate-intermediate --config FILE [--root-key FILE] [--lifetime DURATION]
+    signs a new intermediate with the root key (default root.key next to
+    pki.rootCert) into the configured files, keeping the old one beside
+    them; SIGHUP to serve switches to it.
 `
 
 func main() {
@@ -134,6 +145,14 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%w: admin needs the subcommand cert", errUsage)
 		}
 		return cmdAdminCert(args[2:], stdout, stderr)
+	case "pki":
+		return cmdPKI(args[1:], stdout, stderr)
+	case "backup":
+		return cmdBackup(args[1:], stdout, stderr)
+	case "restore":
+		return cmdRestore(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		return cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -209,12 +228,15 @@ func cmdServe(args []string, stderr io.Writer) error {
 	logger, audit := newLoggers(stderr, cfg.Log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hangups, stopHangups := watchHangups() // SIGHUP: reload (signals.go)
+	defer stopHangups()
 	start := time.Now()
 	srv, err := server.New(ctx, server.Deps{Config: cfg, Logger: logger, Audit: audit})
 	if err != nil {
 		return err
 	}
 	logger.Info("crank-ca ready", "startup", time.Since(start).Round(time.Millisecond))
+	go reloadOnHangup(ctx, hangups, srv, *path)
 	return srv.ListenAndServe(ctx)
 }
 

@@ -39,10 +39,13 @@ const requestTimeout = 30 * time.Second
 // apiFlags are the flags every admin API command takes.
 type apiFlags struct {
 	config, server, cert, key string
+	// warn receives the warning about an operator certificate about to
+	// expire (the flag set's output, stderr).
+	warn io.Writer
 }
 
 func addAPIFlags(fs *flag.FlagSet) *apiFlags {
-	f := &apiFlags{}
+	f := &apiFlags{warn: fs.Output()}
 	fs.StringVar(&f.config, "config", "", "configuration file (required)")
 	fs.StringVar(&f.server, "server", "", "base URL of the CA (default https://<listen> of the configuration)")
 	fs.StringVar(&f.cert, "admin-cert", "", "operator certificate (default admin.certFile of the configuration)")
@@ -84,6 +87,7 @@ func (f *apiFlags) client(cfg *config.Config) (*adminclient.Client, error) {
 	if key == "" {
 		key = cfg.Resolve(cfg.Admin.KeyFile)
 	}
+	warnOperatorCert(f.warn, cert, f.config, time.Now())
 	return adminclient.New(adminclient.Config{
 		URL:      url,
 		RootCert: cfg.Resolve(cfg.PKI.RootCert),
@@ -319,7 +323,7 @@ func certStatus(c admin.Certificate, now time.Time) string {
 
 func cmdRevoke(args []string, stdout, stderr io.Writer) error {
 	cmd := newAPICommand("revoke", `print {"revoked": [serials]}`, stderr)
-	serial := cmd.fs.String("serial", "", "serial (decimal, as certs list prints it) of the certificate to revoke")
+	serial := cmd.fs.String("serial", "", "serial of the certificate to revoke: decimal, as certs list prints it, or hex as openssl prints it (0x prefix, colons or a-f digits; digits only are decimal)")
 	worker := cmd.fs.String("worker", "", "revoke every live certificate of this worker")
 	reason := cmd.fs.String("reason", "", "RFC 5280 reason name (default unspecified)")
 	if err := parse(cmd.fs, args); err != nil {
@@ -448,11 +452,26 @@ func cmdAdminCert(args []string, stdout, stderr io.Writer) error {
 	rawID := fs.String("spiffe-id", "", "instead of --name: any SPIFFE ID in admin.spiffeIDs or admin.controllers (files named after its last path segment)")
 	lifetime := fs.Duration("lifetime", setup.AdminCertLifetime, "certificate lifetime")
 	out := fs.String("out", "", "directory for NAME.crt and NAME.key (default: admin/ next to the configuration)")
+	renew := fs.Bool("renew", false, "replace the certificate of --admin-cert (default admin.certFile) with a fresh one for the same ID")
+	renewCert := fs.String("admin-cert", "", "with --renew: the certificate to renew (default admin.certFile)")
+	renewKey := fs.String("admin-key", "", "with --renew: its key (default admin.keyFile, or the certificate's name with .key)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *path == "" {
 		return fmt.Errorf("%w: --config is required", errUsage)
+	}
+	if !*renew && (*renewCert != "" || *renewKey != "") {
+		return fmt.Errorf("%w: --admin-cert and --admin-key go with --renew", errUsage)
+	}
+	if *renew {
+		if *name != "" || *rawID != "" || *out != "" {
+			return fmt.Errorf("%w: --renew keeps the certificate's ID and files: give --admin-cert/--admin-key, not --name, --spiffe-id or --out", errUsage)
+		}
+		if *lifetime <= 0 {
+			return fmt.Errorf("%w: --lifetime must be positive", errUsage)
+		}
+		return renewAdminCert(*path, *renewCert, *renewKey, *lifetime, stdout)
 	}
 	switch {
 	case *rawID != "" && *name != "":

@@ -135,6 +135,7 @@ func (a *API) newMux() *http.ServeMux {
 			a.writeProblem(w, r, fmt.Errorf("%w: %s %s; allowed: %s", errMethodNotAllowed, r.Method, r.URL.Path, allow))
 		})
 	}
+	a.handleBackup(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.writeProblem(w, r, fmt.Errorf("no admin endpoint %s: %w", r.URL.Path, ErrNotFound))
 	})

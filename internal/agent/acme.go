@@ -206,6 +206,7 @@ func (a *Agent) ariTime(ctx context.Context, id *Identity) (time.Time, bool) {
 		}
 		return time.Time{}, false
 	}
+	a.renewalInfoPolled()
 	w := info.SuggestedWindow
 	leaf := id.Leaf()
 	// A window that closed before this certificate was even received

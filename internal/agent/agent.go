@@ -76,6 +76,9 @@ type Config struct {
 	// DefaultCRLInterval. It bounds how long a revoked peer can still
 	// connect, so it is short, while a CRL is small and cheap to serve.
 	CRLInterval time.Duration
+	// Observer, if set, hears of every renewal attempt and renewalInfo
+	// answer (metrics).
+	Observer Observer
 }
 
 // Agent obtains and renews one worker's certificate.
@@ -337,7 +340,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		err = a.renew(ctx)
-		a.setLastError(err)
+		a.renewalDone(err)
 		if err == nil {
 			backoff = 0
 			// Subscribers hear at once (files, signals); planning may wait
@@ -466,7 +469,7 @@ func (a *Agent) RenewNow(ctx context.Context) error {
 		return errors.New("agent: RenewNow before a successful Start")
 	}
 	err := a.renew(ctx)
-	a.setLastError(err)
+	a.renewalDone(err)
 	if err != nil {
 		return err
 	}

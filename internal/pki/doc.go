@@ -20,6 +20,10 @@
 //     tls.Config.GetCertificate) and proactively ([ServerCerts.Run]).
 //   - [IssueClientCert] issues operator (admin) client certificates with a
 //     SPIFFE ID, for the admin API.
+//   - [RotateIntermediate] signs a new intermediate with the root key (read
+//     for that alone) into the files the server loads, keeping the old one
+//     beside them; [ServerCerts.Switch] moves the server's certificate to it
+//     on reload. [RenewClientCert] replaces an operator certificate in place.
 //
 // Private keys are written with mode 0600 via an atomic temp-file+rename and
 // are never logged: [CA] implements fmt.Stringer and slog.LogValuer so that

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/crank-platform/crank-ca/internal/version"
 )
 
 // While the store is down every ACME request fails inside smallstep with a
@@ -310,5 +312,5 @@ func readyHandler(ready readinessChecker) http.HandlerFunc {
 // that is only waiting for its database.
 func liveHandler(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
+	_ = json.NewEncoder(w).Encode(map[string]string{"status": "ok", "version": version.Get().Short()})
 }

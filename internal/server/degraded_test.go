@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/crank-platform/crank-ca/internal/version"
 )
 
 // fakeReadiness is a readinessChecker with fixed answers.
@@ -287,7 +289,7 @@ func TestHealthEndpoints(t *testing.T) {
 		wantBody   map[string]string
 		wantRetry  bool
 	}{
-		{name: "live", handler: liveHandler, wantStatus: 200, wantBody: map[string]string{"status": "ok"}},
+		{name: "live", handler: liveHandler, wantStatus: 200, wantBody: map[string]string{"status": "ok", "version": version.Get().Short()}},
 		{name: "ready", handler: readyHandler(&fakeReadiness{}), wantStatus: 200, wantBody: map[string]string{"status": "ready"}},
 		{name: "not ready", handler: readyHandler(&fakeReadiness{err: errStoreDown}), wantStatus: 503,
 			wantBody: map[string]string{"status": "unavailable", "reason": "store: unavailable"}, wantRetry: true},

@@ -14,11 +14,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"github.com/crank-platform/crank-ca/config"
 	"github.com/crank-platform/crank-ca/internal/admin"
-	"github.com/crank-platform/crank-ca/internal/ari"
 	"github.com/crank-platform/crank-ca/internal/attest"
 	"github.com/crank-platform/crank-ca/internal/lease"
 	"github.com/crank-platform/crank-ca/internal/pki"
@@ -56,6 +53,10 @@ type Server struct {
 	attest   *attest.Handler
 	tokenKey *provisioner.TokenKey
 	ready    *readiness
+	// live serves the current configuration's generation (reload.go).
+	live *live
+	// metrics is nil when metrics.listen is empty (metrics.go).
+	metrics *serverMetrics
 }
 
 // New loads the key material, opens the store and builds the authority. On
@@ -73,6 +74,11 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 	if now == nil {
 		now = time.Now
 	}
+	mx, err := newServerMetrics(cfg, now, log)
+	if err != nil {
+		return nil, err
+	}
+	d.Audit = mx.audit(d.Audit) // counts the audited decisions (metrics off: unchanged)
 	ca, err := pki.Load(cfg.Resolve(cfg.PKI.RootCert), cfg.Resolve(cfg.PKI.IntermediateCert), cfg.Resolve(cfg.PKI.IntermediateKey))
 	if err != nil {
 		return nil, err
@@ -103,12 +109,8 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 	sca, err := stepca.New(ctx, stepca.Config{
 		Root: ca.Root, Intermediate: ca.Intermediate, Signer: ca.IntermediateKey,
 		Storage: st, Provisioners: provs, TokenKey: key,
-		Logger: log, Audit: d.Audit, Now: now,
-		ARI: ari.Band{
-			Start: float64(cfg.ARI.BandStartPercent) / 100, End: float64(cfg.ARI.BandEndPercent) / 100,
-			Width:         float64(cfg.ARI.WindowPercent) / 100,
-			MinRetryAfter: cfg.ARI.MinRetryAfter.Duration, MaxRetryAfter: cfg.ARI.MaxRetryAfter.Duration,
-		},
+		Logger: log, Audit: d.Audit, Now: now, ObserveStore: mx.observeStore(),
+		ARI:         ariBand(cfg),
 		CRLInterval: cfg.CRL.Interval.Duration,
 		CRLURL:      crlURL(cfg),
 		Listen:      cfg.Listen,
@@ -125,27 +127,10 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 		Now:    now,
 		Logger: log,
 	})
-	var admins []spiffeid.ID
-	for _, raw := range cfg.Admin.SPIFFEIDs {
-		id, err := spiffeid.FromString(raw)
-		if err != nil {
-			_ = sca.Close()
-			return nil, fmt.Errorf("admin.spiffeIDs: %w", err)
-		}
-		admins = append(admins, id)
-	}
-	var controllers []admin.Controller
-	for i, ctl := range cfg.Admin.Controllers {
-		id, err := spiffeid.FromString(ctl.SPIFFEID)
-		if err != nil {
-			_ = sca.Close()
-			return nil, fmt.Errorf("admin.controllers[%d].spiffeID: %w", i, err)
-		}
-		def, maxTTL := cfg.ControllerTTLs(ctl)
-		controllers = append(controllers, admin.Controller{
-			ID: id, Provisioner: ctl.Provisioner, WorkerPattern: ctl.WorkerPattern,
-			MaxTTL: maxTTL, DefaultTTL: def,
-		})
+	admins, controllers, err := adminPrincipals(cfg)
+	if err != nil {
+		_ = sca.Close()
+		return nil, err
 	}
 	api, err := admin.New(admin.Config{Operator: operator{s}, Admins: admins, Controllers: controllers, Logger: log, Audit: d.Audit})
 	if err != nil {
@@ -157,7 +142,11 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 		_ = sca.Close()
 		return nil, err
 	}
-	s.handler = s.routes()
+	s.handler = newLive(s, d.Audit)
+	if err := s.attachMetrics(ctx, mx); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -240,8 +229,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	bg, stop := context.WithCancel(ctx)
 	defer stop()
 	go func() { _ = s.certs.Run(bg) }()
+	go s.watchOperatorCert(bg) // opcert.go
 	dutiesDone := make(chan struct{})
 	go func() { defer close(dutiesDone); s.runDuties(bg, ln.Addr().String()) }()
+	metricsDone := s.metrics.serve(bg, s.log)
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
@@ -264,6 +255,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	stop()
 	<-dutiesDone // no duty may use the store after Close
+	<-metricsDone
 	if err := s.Close(); err != nil && serveErr == nil {
 		serveErr = err
 	}
@@ -306,7 +298,7 @@ func (s *Server) runDuties(ctx context.Context, addr string) {
 			return err
 		}},
 		{crlDuty, stepca.CRLCheckInterval, func(ctx context.Context) error {
-			r, err := s.stepca.RefreshCRL(ctx)
+			r, err := s.refreshCRL(ctx)
 			if err == nil && r.Reason != "" {
 				log.Info("CRL generated", "crlNumber", r.Number, "reason", r.Reason, "revoked", r.Revoked,
 					"thisUpdate", r.ThisUpdate, "nextUpdate", r.NextUpdate)
@@ -326,7 +318,7 @@ func (s *Server) runDuties(ctx context.Context, addr string) {
 }
 
 // Close releases the store; Serve calls it on the way out.
-func (s *Server) Close() error { return s.stepca.Close() }
+func (s *Server) Close() error { return errors.Join(s.metrics.close(), s.live.close()) }
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()

@@ -96,7 +96,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	held := newHeldDB(data)
+	held := newHeldDB(observedStore(data, cfg.ObserveStore))
 	auth, err := authority.NewEmbedded(
 		authority.WithConfig(authCfg),
 		authority.WithDatabase(held),
@@ -119,7 +119,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		closeAll()
 		return nil, fmt.Errorf("stepca: %w", err)
 	}
-	inner, err := acmenosql.New(ndb)
+	inner, err := acmenosql.New(observed(ndb, cfg.ObserveStore))
 	if err != nil {
 		closeAll()
 		return nil, fmt.Errorf("stepca: open ACME tables: %w", err)
@@ -386,6 +386,7 @@ func (c *CA) logError(_ http.ResponseWriter, r *http.Request, err error) {
 		attrs = append(attrs, slog.String("cause", err.Error()))
 	}
 	c.log.LogAttrs(r.Context(), level, "acme request failed", attrs...)
+	c.auditRefusal(r, err)
 }
 
 // issuerLifetimeEnforcer keeps every leaf inside its issuer's validity: a

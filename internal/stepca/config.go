@@ -153,6 +153,10 @@ type Config struct {
 	// Listen is the CA's own listen address (host:port); challenge
 	// validation never connects to it.
 	Listen string
+	// ObserveStore, if set, is told the duration of every store operation
+	// smallstep's ACME and authority layers make (metrics); op is one of
+	// the Store* names.
+	ObserveStore func(op string, d time.Duration)
 }
 
 func (c *Config) validate() error {
