@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -231,13 +232,25 @@ func cmdServe(args []string, stderr io.Writer) error {
 	hangups, stopHangups := watchHangups() // SIGHUP: reload (signals.go)
 	defer stopHangups()
 	start := time.Now()
+	// Bind first: a busy port fails before the store is opened, and
+	// "ready" is logged only once the CA really accepts connections.
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
+	if err != nil {
+		hint := ""
+		if errors.Is(err, syscall.EADDRINUSE) {
+			hint = fmt.Sprintf("; is another crank-ca serve running? Stop it, or change \"listen\" in %s", *path)
+		}
+		return fmt.Errorf("listen %s (\"listen\" of the configuration): %w%s", cfg.Listen, err, hint)
+	}
 	srv, err := server.New(ctx, server.Deps{Config: cfg, Logger: logger, Audit: audit})
 	if err != nil {
+		_ = ln.Close()
 		return err
 	}
-	logger.Info("crank-ca ready", "startup", time.Since(start).Round(time.Millisecond))
+	logger.Info("crank-ca ready", "addr", ln.Addr().String(), "startup", time.Since(start).Round(time.Millisecond))
 	go reloadOnHangup(ctx, hangups, srv, *path)
-	return srv.ListenAndServe(ctx)
+	return srv.Serve(ctx, ln)
 }
 
 // newLoggers builds the operational logger and the audit stream. The audit

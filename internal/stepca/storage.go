@@ -16,8 +16,11 @@ import (
 	"github.com/crank-platform/crank-ca/internal/store"
 )
 
-// boltLockTimeout bounds the wait for a bbolt file another process holds.
-const boltLockTimeout = 5 * time.Second
+// boltLockTimeout bounds the wait for a bbolt file another process holds:
+// long enough for a predecessor that is exiting to let go of it, short
+// enough that a second `serve` on one configuration fails at once with
+// store.ErrStoreInUse instead of stalling.
+const boltLockTimeout = time.Second
 
 // authorityTables are the tables smallstep's db.New creates; with a storeDB
 // handed over by crank-ca, the authority expects them to exist.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/smallstep/nosql/database"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Bolt is crank-ca's nosql driver for an embedded bbolt file. It keeps
@@ -70,7 +71,14 @@ func openBoltFile(cfg BoltConfig) (*bolt.DB, error) {
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		holder := ""
+		if pid := lockHolder(cfg.Path); pid > 0 {
+			holder = fmt.Sprintf(" by process %d", pid)
+		}
+		return nil, fmt.Errorf("%w: %s is locked%s: is another `crank-ca serve` running on this configuration? Stop it, or give this one its own storage.dataSource", ErrStoreInUse, cfg.Path, holder)
+	case err != nil:
 		return nil, fmt.Errorf("store: open %s: %w", cfg.Path, err)
 	}
 	return db, nil
