@@ -33,9 +33,17 @@ release:
 	done
 
 # run creates a development CA under $(CA_DIR) on first use, then serves it
-# on 127.0.0.1:9090 until interrupted.
+# on $(LISTEN) until interrupted. LISTEN is written into a new CA's
+# configuration; an existing CA_DIR keeps the address it was created with,
+# so a different LISTEN for it stops with a message instead of being
+# silently ignored.
+LISTEN ?=
 run: build
-	@if [ ! -f $(CA_DIR)/crank-ca.json ]; then $(BIN)/crank-ca init --dir $(CA_DIR); fi
+	@if [ ! -f $(CA_DIR)/crank-ca.json ]; then $(BIN)/crank-ca init --dir $(CA_DIR) $(if $(LISTEN),--listen $(LISTEN)); \
+	elif [ -n "$(LISTEN)" ] && ! grep -q '"listen": "$(LISTEN)"' $(CA_DIR)/crank-ca.json; then \
+	  echo "make run: $(CA_DIR) serves $$(sed -n 's/^  "listen": "\(.*\)",$$/\1/p' $(CA_DIR)/crank-ca.json), not $(LISTEN):" \
+	       "use a new CA_DIR (make run LISTEN=$(LISTEN) CA_DIR=.crank-ca-other) or edit \"listen\" in $(CA_DIR)/crank-ca.json" >&2; exit 2; \
+	fi
 	@echo
 	@echo "Mint a join token for a worker in another terminal:"
 	@echo "  $(BIN)/crank-ca token create --config $(CA_DIR)/crank-ca.json --worker hello"

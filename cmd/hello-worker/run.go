@@ -71,6 +71,9 @@ func run(ctx context.Context, args []string, getenv func(string) string) int {
 	if err != nil {
 		return fail(2, fmt.Errorf("--worker/--state: %w", err))
 	}
+	if err := paths.EnsureChosen(dir, src); err != nil {
+		return fail(1, err)
+	}
 	var callers, peers tlsconfig.Authorizer
 	if *allow != "" {
 		if callers, err = workertls.ParseAuthorizer(*allow); err != nil {

@@ -1,6 +1,7 @@
 package paths
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -167,4 +168,28 @@ func Ensure(dir string) error {
 		return &PathError{Op: "ensure", Path: dir, Err: fmt.Errorf("%w (mode %#o)", ErrInsecurePerm, perm)}
 	}
 	return nil
+}
+
+// EnsureChosen is Ensure for a directory StateDir chose by rule src. When
+// the directory cannot be created or used, the error says which rule chose
+// it and how to choose another: a worker started as a non-root user in
+// something that looks like a container otherwise only sees "mkdir
+// /var/lib/crank: permission denied".
+func EnsureChosen(dir string, src Source) error {
+	err := Ensure(dir)
+	if err == nil || errors.Is(err, ErrInsecurePerm) {
+		return err
+	}
+	var why string
+	switch src {
+	case SourceContainer:
+		why = fmt.Sprintf("it is the container default (%s, %s or $%s was found); run as a user who may create it, mount a writable volume there, or", DockerEnvFile, PodmanEnvFile, EnvKubernetesHost)
+	case SourceNative:
+		why = "it is the default for this user;"
+	case SourceEnv:
+		why = "$" + EnvStateDir + " names it;"
+	default:
+		why = "--state names it;"
+	}
+	return fmt.Errorf("%w (state directory %s: %s choose a directory this user may write with --state DIR or $%s)", err, dir, why, EnvStateDir)
 }

@@ -155,3 +155,42 @@ func TestValidWorker(t *testing.T) {
 		}
 	}
 }
+
+func TestEnsureChosenHint(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() == 0 {
+		t.Skip("root may create any directory")
+	}
+	ro := t.TempDir()
+	if err := os.Chmod(ro, 0o500); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Chmod(ro, 0o700) })
+	dir := filepath.Join(ro, "crank", "hello")
+	tests := []struct {
+		src  Source
+		want []string
+	}{
+		{SourceContainer, []string{"permission denied", dir, "container default", DockerEnvFile, "--state DIR", "$" + EnvStateDir}},
+		{SourceNative, []string{"permission denied", "default for this user", "--state DIR"}},
+		{SourceEnv, []string{"$" + EnvStateDir + " names it"}},
+		{SourceFlag, []string{"--state names it"}},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.src), func(t *testing.T) {
+			t.Parallel()
+			err := EnsureChosen(dir, tt.src)
+			if !errors.Is(err, fs.ErrPermission) {
+				t.Fatalf("EnsureChosen = %v, want a permission error", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+	if err := EnsureChosen(filepath.Join(t.TempDir(), "ok"), SourceContainer); err != nil {
+		t.Errorf("EnsureChosen of a creatable directory: %v", err)
+	}
+}
