@@ -194,9 +194,10 @@ func TestMetrics(t *testing.T) {
 		{tokens, nil, 0},
 		{live, []string{"provisioner", "workers"}, 1},
 	})
-	// smallstep's reads of accounts, orders and authorizations; crank-ca's
-	// own transactions (bind, finalize) are not timed there.
-	for _, op := range []string{"get"} {
+	// smallstep's reads of accounts, orders and authorizations, and
+	// crank-ca's own transactions (account and binding, order, finalize)
+	// and nonce spends.
+	for _, op := range []string{"get", "txn", "nonce"} {
 		b, _ := s0.value(storeOps, "operation", op)
 		a, _ := s1.value(storeOps, "operation", op)
 		if a <= b {

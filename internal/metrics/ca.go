@@ -139,7 +139,7 @@ func NewCA(cfg CAConfig) (*CA, error) {
 		}),
 		storeOps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "crank_ca_store_operation_duration_seconds",
-			Help:    "Time of store operations made by the embedded ACME and authority layers, by operation.",
+			Help:    "Time of store operations, by operation: the embedded ACME and authority layers' record operations (get, set, cas, delete, list, update) and crank-ca's own transactions (txn) and nonce spends (nonce).",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"operation"}),
 	}

@@ -114,7 +114,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		_ = data.Close()
 	}
 	ndb := data.DB
-	st, err := store.New(store.Config{DB: ndb, Now: now})
+	st, err := store.New(store.Config{DB: ndb, Now: now, Observe: cfg.ObserveStore})
 	if err != nil {
 		closeAll()
 		return nil, fmt.Errorf("stepca: %w", err)

@@ -154,8 +154,9 @@ type Config struct {
 	// validation never connects to it.
 	Listen string
 	// ObserveStore, if set, is told the duration of every store operation
-	// smallstep's ACME and authority layers make (metrics); op is one of
-	// the Store* names.
+	// (metrics): smallstep's ACME and authority layers' record operations
+	// and crank-ca's own transactions and nonce spends; op is one of the
+	// Store* names.
 	ObserveStore func(op string, d time.Duration)
 }
 

@@ -5,6 +5,8 @@ import (
 
 	"github.com/smallstep/nosql"
 	"github.com/smallstep/nosql/database"
+
+	"github.com/crank-platform/crank-ca/internal/store"
 )
 
 // Store operations as Config.ObserveStore names them.
@@ -15,6 +17,8 @@ const (
 	StoreDelete = "delete"
 	StoreList   = "list"
 	StoreUpdate = "update"
+	StoreTxn    = store.OpTxn   // crank-ca's own: a request's records in one commit
+	StoreNonce  = store.OpNonce // crank-ca's own: a nonce spend
 )
 
 // observedDB times the operations smallstep's ACME and authority layers

@@ -67,12 +67,24 @@ type Config struct {
 	DB nosql.DB
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Observe, if set, is told the duration of crank-ca's own store work
+	// (metrics): every transaction (op OpTxn, a whole request's records in
+	// one commit) and every nonce spend (OpNonce). smallstep's record by
+	// record operations are timed where they enter the store instead.
+	Observe func(op string, d time.Duration)
 }
+
+// Operations as Config.Observe names them.
+const (
+	OpTxn   = "txn"
+	OpNonce = "nonce"
+)
 
 // Store reads and writes crank-ca's records.
 type Store struct {
-	db  nosql.DB
-	now func() time.Time
+	db      nosql.DB
+	now     func() time.Time
+	observe func(op string, d time.Duration)
 	// local holds finalize claims in memory when one process owns the
 	// store (bbolt); nil for a shared store.
 	local *localClaims
@@ -92,7 +104,7 @@ func New(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("store: create table %s: %w", t, err)
 		}
 	}
-	s := &Store{db: cfg.DB, now: now}
+	s := &Store{db: cfg.DB, now: now, observe: cfg.Observe}
 	if _, ok := cfg.DB.(*Bolt); ok {
 		s.local = &localClaims{m: map[string]string{}}
 	}
@@ -222,4 +234,12 @@ func (s *Store) Binding(_ context.Context, accountID string) (Binding, error) {
 		return Binding{}, fmt.Errorf("store: decode binding of %s: %w", accountID, err)
 	}
 	return b, nil
+}
+
+// timed reports the time since start to the observer, if any: deferred as
+// defer s.timed(op, time.Now()).
+func (s *Store) timed(op string, start time.Time) {
+	if s.observe != nil {
+		s.observe(op, time.Since(start))
+	}
 }

@@ -53,6 +53,7 @@ func (s *Store) NonceKey(ctx context.Context) ([]byte, error) { return s.Secret(
 // On PostgreSQL the spends of concurrent requests share one statement and
 // commit (Postgres.InsertNew).
 func (s *Store) Spend(ctx context.Context, id nonce.ID, _ time.Time) (bool, error) {
+	defer s.timed(OpNonce, time.Now())
 	if in, ok := s.db.(interface {
 		InsertNew(ctx context.Context, bucket, key, value []byte) (bool, error)
 	}); ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/smallstep/nosql/database"
@@ -35,6 +36,7 @@ type transactor interface {
 // compute from what it reads. Drivers without transactions (measurements
 // only) run fn directly, without atomicity.
 func (s *Store) Txn(ctx context.Context, fn func(KV) error) error {
+	defer s.timed(OpTxn, time.Now())
 	if t, ok := s.db.(transactor); ok {
 		return t.Txn(ctx, fn)
 	}
