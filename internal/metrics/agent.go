@@ -8,7 +8,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // AgentConfig configures crank-agent's metrics.
@@ -80,11 +79,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			},
 		})
 	}
-	var errs []error
-	for _, c := range cs {
-		errs = append(errs, m.reg.Register(c))
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := registerAll(m.reg, cs); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -95,7 +90,7 @@ func (m *Agent) Registry() *prometheus.Registry { return m.reg }
 
 // Handler serves the metrics in the Prometheus exposition formats.
 func (m *Agent) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+	return handlerFor(m.reg)
 }
 
 // Renewal records one renewal attempt; err is nil on success.

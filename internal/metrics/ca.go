@@ -167,11 +167,7 @@ func NewCA(cfg CAConfig) (*CA, error) {
 				[]string{"certificate"}, nil),
 		})
 	}
-	var errs []error
-	for _, c := range cs {
-		errs = append(errs, m.reg.Register(c))
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := registerAll(m.reg, cs); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -182,7 +178,7 @@ func (m *CA) Registry() *prometheus.Registry { return m.reg }
 
 // Handler serves the metrics in the Prometheus exposition formats.
 func (m *CA) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+	return handlerFor(m.reg)
 }
 
 // ObserveRequest records one served HTTP request. route must come from a
@@ -300,4 +296,19 @@ func (c *caCertCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, cc := range c.certs() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(cc.NotAfter.Unix()), cc.Name)
 	}
+}
+
+// registerAll registers every collector, reporting every failure at once.
+func registerAll(reg *prometheus.Registry, cs []prometheus.Collector) error {
+	var errs []error
+	for _, c := range cs {
+		errs = append(errs, reg.Register(c))
+	}
+	return errors.Join(errs...)
+}
+
+// handlerFor serves reg in the Prometheus exposition formats, counting its
+// own errors on reg.
+func handlerFor(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }

@@ -184,7 +184,7 @@ func (sm *serverMetrics) caCerts() []metrics.CACert {
 func (sm *serverMetrics) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		mw := &metricsWriter{ResponseWriter: w}
+		mw := &statusWriter{ResponseWriter: w} // server.go
 		next.ServeHTTP(mw, r)
 		if mw.status == 0 {
 			mw.status = http.StatusOK
@@ -193,28 +193,6 @@ func (sm *serverMetrics) instrument(next http.Handler) http.Handler {
 		sm.m.ObserveRequest(routeOf(r), mw.status, time.Since(start))
 	})
 }
-
-// metricsWriter remembers the status code.
-type metricsWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *metricsWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *metricsWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *metricsWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // routeOf is the route label of a served request: the mux pattern that
 // matched it, refined to the ACME resource under /acme/ (smallstep's chi

@@ -348,7 +348,8 @@ func (s *Server) routes() http.Handler {
 	return s.logRequests(mux)
 }
 
-// statusWriter remembers the status for the access log.
+// statusWriter remembers the status for the access log and the metrics
+// (a body written without WriteHeader is a 200).
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -359,6 +360,13 @@ func (w *statusWriter) WriteHeader(code int) {
 		w.status = code
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
