@@ -280,6 +280,8 @@ type runner struct {
 	samples   map[string]string
 	done      atomic.Int64
 	failed    atomic.Int64
+	// reorders counts issuances ordered again after orderNotReady (issue).
+	reorders atomic.Int64
 	// certIDs are the ARI certIDs of every certificate received.
 	certIDs []string
 }
@@ -494,10 +496,22 @@ func (r *runner) newWorker(name string, tok provisioner.Token) (*account, error)
 
 // issue orders, finalizes and downloads one certificate for a, replacing
 // the account's previous one when it has one.
+//
+// A client that retries on another replica (Config.MaxRetries >= 0) also
+// orders once more when finalize answers orderNotReady: that is a finalize
+// a killed replica had already processed, replayed at the survivor, which
+// must refuse it (RFC 8555 section 7.4). lego does not fetch the order
+// then, so the client orders again, as a worker's retry loop would; the
+// new order does not name the certificate it replaces, since the lost
+// order had claimed that. Report.Reorders counts these.
 func (r *runner) issue(a *account) error {
 	res, err := a.cl.Certificate.ObtainForCSR(certificate.ObtainForCSRRequest{
 		CSR: a.csr, PrivateKey: a.key, ReplacesCertID: a.certID,
 	})
+	if err != nil && r.transport.maxRetries > 0 && Classify(err) == "orderNotReady" && r.ctx.Err() == nil {
+		r.reorders.Add(1)
+		res, err = a.cl.Certificate.ObtainForCSR(certificate.ObtainForCSRRequest{CSR: a.csr, PrivateKey: a.key})
+	}
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,9 @@ type Report struct {
 	Replicas         []ReplicaStats `json:"replicas"`
 	Retries          int64          `json:"retries"`
 	RetriesExhausted int64          `json:"retriesExhausted"`
+	// Reorders counts issuances ordered again after finalize answered
+	// orderNotReady (a replayed finalize; see runner.issue).
+	Reorders int64 `json:"reorders"`
 	// Kill is the SIGKILL of one server (Config.KillPID), Verify the check
 	// of the certificates received (Config.Verify).
 	Kill   *KillReport   `json:"kill,omitempty"`
@@ -212,6 +215,7 @@ func (r *runner) report(m *measure) *Report {
 	}
 	rep.Replicas = r.transport.replicaStats()
 	rep.Retries, rep.RetriesExhausted = r.transport.retries.Load(), r.transport.exhausted.Load()
+	rep.Reorders = r.reorders.Load()
 	rep.Kill = m.kill
 	if m.kill != nil && !m.kill.Sent {
 		rep.Warnings = append(rep.Warnings, "server pid "+strconv.Itoa(m.kill.PID)+" not killed: "+m.kill.Error)
@@ -296,12 +300,12 @@ func (rep *Report) WriteText(w io.Writer) error {
 		}
 		p.f("\n")
 	}
-	if len(rep.Replicas) > 1 || rep.Retries > 0 || rep.RetriesExhausted > 0 {
+	if len(rep.Replicas) > 1 || rep.Retries > 0 || rep.RetriesExhausted > 0 || rep.Reorders > 0 {
 		p.f("  requests:")
 		for _, s := range rep.Replicas {
 			p.f(" %s %d (%d connection errors);", s.URL, s.Requests, s.ConnErrors)
 		}
-		p.f(" retries %d, retries exhausted %d\n", rep.Retries, rep.RetriesExhausted)
+		p.f(" retries %d, retries exhausted %d, orders made again after orderNotReady %d\n", rep.Retries, rep.RetriesExhausted, rep.Reorders)
 	}
 	if k := rep.Kill; k != nil {
 		if k.Sent {
