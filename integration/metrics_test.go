@@ -195,9 +195,10 @@ func TestMetrics(t *testing.T) {
 		{live, []string{"provisioner", "workers"}, 1},
 	})
 	// smallstep's reads of accounts, orders and authorizations, and
-	// crank-ca's own transactions (account and binding, order, finalize)
-	// and nonce spends.
-	for _, op := range []string{"get", "txn", "nonce"} {
+	// crank-ca's own transactions (account and binding, order, finalize).
+	// Nonce spends ("nonce") reach the store only on PostgreSQL: bbolt's
+	// replay set is in memory.
+	for _, op := range []string{"get", "txn"} {
 		b, _ := s0.value(storeOps, "operation", op)
 		a, _ := s1.value(storeOps, "operation", op)
 		if a <= b {

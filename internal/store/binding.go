@@ -69,7 +69,8 @@ type Config struct {
 	Now func() time.Time
 	// Observe, if set, is told the duration of crank-ca's own store work
 	// (metrics): every transaction (op OpTxn, a whole request's records in
-	// one commit) and every nonce spend (OpNonce). smallstep's record by
+	// one commit) and every nonce spend (OpNonce; only a shared
+	// store has them, bbolt's replay set is in memory). smallstep's record by
 	// record operations are timed where they enter the store instead.
 	Observe func(op string, d time.Duration)
 }
