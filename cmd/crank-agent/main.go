@@ -73,6 +73,10 @@ is needed only until the state directory holds the CA's root. The state
 directory is --state, else $` + paths.EnvStateDir + `, else ` + paths.ContainerBase + `/NAME in a
 container, else $XDG_STATE_HOME/crank/NAME or ~/.local/state/crank/NAME.
 
+Unless --once, crank-agent also serves the SPIFFE Workload API (X.509-SVIDs,
+rotated with the files) on the Unix socket --workload-api, by default
+STATE/workload.sock, and gives COMMAND its address in $` + envSPIFFEEndpoint + `.
+
 Exit status: 0 done, 1 failure, 2 usage error, or COMMAND's status.
 
 Options:
@@ -98,6 +102,7 @@ type options struct {
 	logLevel                                                                       slog.Level
 	command                                                                        []string
 	metricsListen                                                                  string
+	workload                                                                       workloadOptions
 }
 
 func newFlagSet(o *options) (*flag.FlagSet, *string, *string) {
@@ -115,6 +120,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *string, *string) {
 	sig := fs.String("signal", "HUP", "`SIGNAL` sent to COMMAND after each rotation: HUP, USR1, USR2, TERM, ... or none")
 	fs.BoolVar(&o.once, "once", false, "obtain or reuse a certificate, write the files and exit")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics (host:port; default $"+envMetricsListen+", else none)")
+	addWorkloadFlags(fs, &o.workload)
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format` on stderr: text or json")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
 	return fs, sig, level
@@ -248,12 +254,19 @@ func execute(o *options, stderr io.Writer) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := paths.EnsureChosen(stateDir, source); err != nil {
+		return 0, err
+	}
 	out := o.out
 	if out == "" {
 		out = filepath.Join(stateDir, "tls")
 	}
 	if out, err = filepath.Abs(out); err != nil {
 		return 0, fmt.Errorf("--out: %w", err)
+	}
+	wlConfig, err := resolveWorkloadAPI(o, os.Getenv, stateDir)
+	if err != nil {
+		return 0, err
 	}
 	var token string
 	if o.jwtFile == "" {
@@ -331,6 +344,11 @@ func execute(o *options, stderr io.Writer) (int, error) {
 		stopAgent()
 		<-agentDone
 	}()
+	wl, err := startWorkloadAPI(wlConfig, a, o.worker, log)
+	if err != nil {
+		return 0, err
+	}
+	defer wl.stop(log)
 	onRotate := func() error {
 		id := a.Current()
 		if err := agent.WriteFiles(out, id); err != nil {
@@ -357,7 +375,7 @@ func execute(o *options, stderr io.Writer) (int, error) {
 	// Supervise: from here on SIGINT and SIGTERM go to the child only, and
 	// crank-agent ends when the child does.
 	stop()
-	env := childEnv(os.Environ(), out, id.SPIFFEID.String())
+	env := wl.withEndpoint(childEnv(os.Environ(), out, id.SPIFFEID.String()))
 	code, err := supervise.Run(context.Background(), supervise.Config{
 		Command: o.command, Env: env,
 		Rotations: rotations, OnRotate: onRotate, RotateSignal: o.signal,
