@@ -515,7 +515,7 @@ func cmdAdminCert(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "  certificate: %s\n  key:         %s\n", certPath, keyPath)
 	if *rawID == "" && !slices.Contains(cfg.Admin.SPIFFEIDs, id.String()) {
-		fmt.Fprintf(stderr, "crank-ca: %s is not in admin.spiffeIDs of %s: add it there and restart `crank-ca serve` before using this certificate\n", id, *path)
+		fmt.Fprintf(stderr, "crank-ca: %s is not in admin.spiffeIDs of %s: add it there and reload `crank-ca serve` (SIGHUP, or restart it) before using this certificate\n", id, *path)
 	}
 	fmt.Fprintf(stdout, "Use it with --admin-cert %s --admin-key %s\n", certPath, keyPath)
 	return nil
