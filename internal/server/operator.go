@@ -129,7 +129,7 @@ func (o operator) Accounts(ctx context.Context) ([]admin.Account, error) {
 		}
 		out = append(out, admin.Account{ID: b.AccountID, Provisioner: b.Provisioner, Worker: b.Worker, BoundAt: b.BoundAt, Usable: usable})
 	}
-	slices.SortFunc(out, func(a, b admin.Account) int { return a.BoundAt.Compare(b.BoundAt) })
+	slices.SortFunc(out, func(a, b admin.Account) int { return cmp.Or(a.BoundAt.Compare(b.BoundAt), cmp.Compare(a.ID, b.ID)) })
 	return out, nil
 }
 
@@ -153,7 +153,13 @@ func (o operator) Certificates(ctx context.Context, f admin.CertFilter) ([]admin
 			Revoked: revoked, RevokedAt: r.RevokedAt, ReplacedBy: r.ReplacedBy, RenewNow: r.RenewNow,
 		})
 	}
-	slices.SortFunc(out, func(a, b admin.Certificate) int { return a.NotBefore.Compare(b.NotBefore) })
+	// Oldest first; certificates of the same second (notBefore has no
+	// finer resolution) in a stable order, so the listing does not shuffle
+	// between calls.
+	slices.SortFunc(out, func(a, b admin.Certificate) int {
+		return cmp.Or(a.NotBefore.Compare(b.NotBefore), strings.Compare(a.Provisioner, b.Provisioner),
+			strings.Compare(a.Worker, b.Worker), strings.Compare(a.Serial, b.Serial))
+	})
 	return out, nil
 }
 
