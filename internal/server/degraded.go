@@ -79,6 +79,7 @@ type readiness struct {
 	at       time.Time     // when err was recorded
 	err      error         // last result
 	inflight chan struct{} // closed when the running probe finishes; nil when none runs
+	started  uint64        // probes started; the running one is number started
 }
 
 func newReadiness(cfg readinessConfig) *readiness {
@@ -121,38 +122,55 @@ func (r *readiness) Check(ctx context.Context) error { return r.check(ctx, true)
 func (r *readiness) Recheck(ctx context.Context) error { return r.check(ctx, false) }
 
 // check answers from the cache (a failure always, a success when
-// trustSuccess) or joins or starts a probe.
+// trustSuccess) or joins or starts a probe. Without trustSuccess (Recheck)
+// only a probe that started after the call counts as a success: one
+// already running may have found the store up just before the failure the
+// caller is asking about (PostgreSQL shutting down under load), so after
+// it succeeds the caller joins or starts a newer one. The whole wait is
+// bounded by Wait.
 func (r *readiness) check(ctx context.Context, trustSuccess bool) error {
-	r.mu.Lock()
-	if r.fresh() && (trustSuccess || r.err != nil) {
-		err := r.err
-		r.mu.Unlock()
-		return err
-	}
-	done := r.inflight
-	if done == nil {
-		done = make(chan struct{})
-		r.inflight = done
-		// The probe outlives a caller that gives up: its result serves
-		// the next callers. Cancelling it with the first caller's request
-		// would record "context canceled" as a store outage.
-		go r.run(context.WithoutCancel(ctx), done)
-	}
-	r.mu.Unlock()
-
 	t := time.NewTimer(r.wait)
 	defer t.Stop()
-	select {
-	case <-done:
+	r.mu.Lock()
+	var minSeq uint64
+	if !trustSuccess {
+		minSeq = r.started + 1
+	}
+	for {
+		if r.fresh() && (trustSuccess || r.err != nil) {
+			err := r.err
+			r.mu.Unlock()
+			return err
+		}
+		done := r.inflight
+		if done == nil {
+			done = make(chan struct{})
+			r.inflight = done
+			r.started++
+			// The probe outlives a caller that gives up: its result
+			// serves the next callers. Cancelling it with the first
+			// caller's request would record "context canceled" as a store
+			// outage.
+			go r.run(context.WithoutCancel(ctx), done)
+		}
+		seq := r.started
+		r.mu.Unlock()
+
+		select {
+		case <-done:
+		case <-t.C:
+			err := fmt.Errorf("store: no answer within %s", r.wait)
+			r.record(err)
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		r.mu.Lock()
-		defer r.mu.Unlock()
-		return r.err
-	case <-t.C:
-		err := fmt.Errorf("store: no answer within %s", r.wait)
-		r.record(err)
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
+		if r.err != nil || seq >= minSeq {
+			err := r.err
+			r.mu.Unlock()
+			return err
+		}
 	}
 }
 

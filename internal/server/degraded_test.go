@@ -354,3 +354,41 @@ func TestDegradedReadinessRecheck(t *testing.T) {
 		t.Errorf("Recheck with a cached failure = %v after %d more probes, want the cached outage", err, probes.Load()-n)
 	}
 }
+
+// TestDegradedReadinessRecheckStaleProbe: a probe that started before the
+// store went down, and answers "up" after a request has failed, does not
+// clear that request's Recheck: the Recheck waits for it and then probes
+// again (PostgreSQL shutting down under load answered 500 through this).
+func TestDegradedReadinessRecheckStaleProbe(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	var probes atomic.Int32
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	r := newReadiness(readinessConfig{Wait: 10 * time.Second, Probe: func(context.Context) error {
+		if probes.Add(1) == 1 {
+			entered <- struct{}{}
+			<-release // the first probe sees the store up, but answers late
+			return nil
+		}
+		if down.Load() {
+			return errStoreDown
+		}
+		return nil
+	}})
+	first := make(chan error, 1)
+	go func() { first <- r.Check(t.Context()) }()
+	<-entered
+	down.Store(true) // a request now fails with a 5xx and rechecks
+	rechecked := make(chan error, 1)
+	go func() { rechecked <- r.Recheck(t.Context()) }()
+	time.Sleep(20 * time.Millisecond) // let Recheck join the running probe
+	close(release)
+	<-first // nil or the newer outage: it reads the latest result
+	if err := <-rechecked; !errors.Is(err, errStoreDown) {
+		t.Fatalf("Recheck = %v, want the outage seen by a probe started after it", err)
+	}
+	if n := probes.Load(); n != 2 {
+		t.Errorf("%d probes, want 2", n)
+	}
+}
