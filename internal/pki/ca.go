@@ -316,27 +316,14 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	return ok && eq.Equal(b)
 }
 
-// readCert returns the first CERTIFICATE block of a PEM file.
+// readCert returns the first CERTIFICATE block of a PEM file (readCerts,
+// renew.go, parses them all).
 func readCert(path string) (*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
+	certs, err := readCerts(path)
 	if err != nil {
-		return nil, fileErr(path, err)
+		return nil, err
 	}
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			return nil, fileErr(path, fmt.Errorf("%w: want CERTIFICATE", ErrNoPEM))
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fileErr(path, fmt.Errorf("parse certificate: %w", err))
-		}
-		return cert, nil
-	}
+	return certs[0], nil
 }
 
 // readKey returns the first private key in a PEM file. SEC 1 ("EC PRIVATE

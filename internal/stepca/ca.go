@@ -74,13 +74,7 @@ func New(ctx context.Context, cfg Config) (*CA, error) {
 		now = time.Now
 	}
 
-	provs := make(steppro.List, 0, len(cfg.Provisioners))
-	specs := make(map[string]*Provisioner, len(cfg.Provisioners))
-	for i := range cfg.Provisioners {
-		p := &cfg.Provisioners[i]
-		specs[p.Name] = p
-		provs = append(provs, stepProvisioner(p))
-	}
+	provs, specs := stepProvisioners(cfg.Provisioners)
 
 	crl := crlConfig(cfg) // smallstep's generator off: crank-ca generates the CRL (crl.go)
 	authCfg := &authconfig.Config{
@@ -398,4 +392,17 @@ func (e issuerLifetimeEnforcer) Enforce(cert *x509.Certificate) error {
 		cert.NotAfter = e.issuer.NotAfter
 	}
 	return nil
+}
+
+// stepProvisioners is the configuration's provisioners as smallstep's list
+// and by name.
+func stepProvisioners(ps []Provisioner) (steppro.List, map[string]*Provisioner) {
+	provs := make(steppro.List, 0, len(ps))
+	specs := make(map[string]*Provisioner, len(ps))
+	for i := range ps {
+		p := &ps[i]
+		specs[p.Name] = p
+		provs = append(provs, stepProvisioner(p))
+	}
+	return provs, specs
 }

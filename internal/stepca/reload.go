@@ -8,7 +8,6 @@ import (
 	"github.com/smallstep/certificates/acme"
 	"github.com/smallstep/certificates/authority"
 	authconfig "github.com/smallstep/certificates/authority/config"
-	steppro "github.com/smallstep/certificates/authority/provisioner"
 
 	"github.com/crank-platform/crank-ca/internal/limit"
 )
@@ -37,13 +36,7 @@ func (c *CA) Rebuild(ctx context.Context, cfg Config) (*CA, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("stepca: %w", err)
 	}
-	provs := make(steppro.List, 0, len(cfg.Provisioners))
-	specs := make(map[string]*Provisioner, len(cfg.Provisioners))
-	for i := range cfg.Provisioners {
-		p := &cfg.Provisioners[i]
-		specs[p.Name] = p
-		provs = append(provs, stepProvisioner(p))
-	}
+	provs, specs := stepProvisioners(cfg.Provisioners)
 	auth, err := authority.NewEmbedded(
 		authority.WithConfig(&authconfig.Config{
 			CRL: crlConfig(cfg),
