@@ -336,6 +336,12 @@ func TestPostgres(t *testing.T) {
 
 	// Two replicas (two pools) compare-and-swap one key from absent at
 	// once, 32 goroutines across both: one wins, every other sees its value.
+	t.Run("transaction", func(t *testing.T) {
+		t.Parallel()
+		name := uniqueDB("txn")
+		testPostgresTxn(t, pg.open(t, name), pg.open(t, name), pg.open(t, uniqueDB("txn")))
+	})
+
 	t.Run("compare-and-swap across replicas", func(t *testing.T) {
 		t.Parallel()
 		name := uniqueDB("replicas")
@@ -510,5 +516,133 @@ func TestPostgresDSNErrorHidesPassword(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// testPostgresTxn checks Txn's buffered writes: reads inside see them,
+// nothing is visible before commit or after an error, the last write of a
+// key wins, and GetForUpdate serialises read-modify-writes of one key
+// across two handles. replica is a second handle on db's database (another
+// replica), other a second database (nothing leaks there).
+func testPostgresTxn(t *testing.T, db, replica, other *Postgres) {
+	t.Helper()
+	ctx := t.Context()
+	a, b := []byte("crank_txn_a"), []byte("crank_txn_b")
+	for _, tbl := range [][]byte{a, b} {
+		if err := db.CreateTable(tbl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Set(a, []byte("old"), []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	errAbort := errors.New("abort")
+	err := db.Txn(ctx, func(kv KV) error {
+		for _, w := range []struct{ tbl, k, v string }{{"a", "x", "1"}, {"a", "y", "2"}, {"b", "x", "3"}} {
+			tbl := a
+			if w.tbl == "b" {
+				tbl = b
+			}
+			if err := kv.Set(tbl, []byte(w.k), []byte(w.v)); err != nil {
+				return err
+			}
+		}
+		if v, err := kv.Get(a, []byte("y")); err != nil || string(v) != "2" {
+			t.Errorf("read of an own write = %q, %v", v, err)
+		}
+		if _, err := db.Get(a, []byte("x")); !IsNotFound(err) {
+			t.Errorf("an uncommitted write is visible outside: %v", err)
+		}
+		return errAbort
+	})
+	if !errors.Is(err, errAbort) {
+		t.Fatalf("Txn = %v, want the callback's error", err)
+	}
+	if _, err := db.Get(a, []byte("x")); !IsNotFound(err) {
+		t.Errorf("a write of an aborted transaction is visible: %v", err)
+	}
+
+	err = db.Txn(ctx, func(kv KV) error {
+		steps := []func() error{
+			func() error { return kv.Set(a, []byte("x"), []byte("1")) },
+			func() error { return kv.Set(a, []byte("x"), []byte("2")) }, // last wins
+			func() error { return kv.Set(a, []byte("y"), []byte("3")) },
+			func() error { return kv.Set(a, []byte("gone"), []byte("4")) },
+			func() error { return kv.Del(a, []byte("gone")) }, // set, then deleted
+			func() error { return kv.Del(a, []byte("old")) },  // committed before
+			func() error { return kv.Set(b, []byte("x"), nil) },
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return err
+			}
+		}
+		if _, err := kv.Get(a, []byte("old")); !IsNotFound(err) {
+			t.Errorf("read of an own delete: %v, want not found", err)
+		}
+		if v, err := kv.GetForUpdate(b, []byte("x")); err != nil || v == nil || len(v) != 0 {
+			t.Errorf("read of an own empty write = %#v, %v; want empty, not nil", v, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		tbl  []byte
+		k    string
+		want string // "" with missing: not found
+		miss bool
+	}{
+		{a, "x", "2", false}, {a, "y", "3", false}, {a, "gone", "", true}, {a, "old", "", true}, {b, "x", "", false},
+	} {
+		v, err := db.Get(c.tbl, []byte(c.k))
+		switch {
+		case c.miss && !IsNotFound(err):
+			t.Errorf("%s/%s after commit: %q, %v; want not found", c.tbl, c.k, v, err)
+		case !c.miss && (err != nil || string(v) != c.want):
+			t.Errorf("%s/%s after commit = %q, %v; want %q", c.tbl, c.k, v, err, c.want)
+		}
+	}
+	if _, err := other.Get(a, []byte("x")); err == nil {
+		t.Errorf("the write reached another database")
+	}
+
+	// Read-modify-write of one counter from 16 goroutines on two handles:
+	// GetForUpdate holds the key until commit, so no increment is lost.
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		h := db
+		if i%2 == 1 {
+			h = replica
+		}
+		wg.Go(func() {
+			errs <- h.Txn(ctx, func(kv KV) error {
+				cur := 0
+				v, err := kv.GetForUpdate(b, []byte("counter"))
+				switch {
+				case IsNotFound(err):
+				case err != nil:
+					return err
+				default:
+					if cur, err = strconv.Atoi(string(v)); err != nil {
+						return err
+					}
+				}
+				return kv.Set(b, []byte("counter"), []byte(strconv.Itoa(cur+1)))
+			})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, err := db.Get(b, []byte("counter")); err != nil || string(v) != strconv.Itoa(n) {
+		t.Errorf("counter = %q, %v; want %d: an increment was lost", v, err, n)
 	}
 }

@@ -1,9 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -92,29 +95,122 @@ func (k boltKV) Del(bucket, key []byte) error {
 
 // Txn runs fn in one PostgreSQL transaction (read committed); GetForUpdate
 // takes a transaction-scoped advisory lock on the key, which also covers a
-// key that does not exist yet (a row lock would not).
+// key that does not exist yet (a row lock would not). The transaction's
+// writes are buffered and sent when fn returns, one statement per table
+// (pgKV.flush): a request's records cost a few statements, not one each.
 func (p *Postgres) Txn(ctx context.Context, fn func(KV) error) error {
 	ctx, cancel := context.WithTimeout(ctx, p.opTimeout)
 	defer cancel()
-	return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error { return fn(pgKV{ctx: ctx, tx: tx}) })
+	return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		kv := &pgKV{ctx: ctx, tx: tx}
+		if err := fn(kv); err != nil {
+			return err
+		}
+		return kv.flush()
+	})
 }
 
 type pgKV struct {
 	ctx context.Context //nolint:containedctx // lives for one transaction callback
 	tx  pgx.Tx
+	// writes are the transaction's Sets and Dels not yet sent, by table
+	// and key (the last one of a key wins); reads consult them first.
+	writes map[string]map[string]pgWrite
 }
 
-func (k pgKV) Get(bucket, key []byte) ([]byte, error) { return get(k.ctx, k.tx, bucket, key) }
+// pgWrite is a buffered Set (value) or Del (del).
+type pgWrite struct {
+	value []byte
+	del   bool
+}
 
-func (k pgKV) GetForUpdate(bucket, key []byte) ([]byte, error) {
-	if _, err := k.tx.Exec(k.ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(string(bucket)+"\x00"+string(key))); err != nil {
-		return nil, fmt.Errorf("store: lock %s: %w", bucket, err)
+func (k *pgKV) buffered(bucket, key []byte) (pgWrite, bool) {
+	w, ok := k.writes[string(bucket)][string(key)]
+	return w, ok
+}
+
+func (k *pgKV) read(bucket, key []byte) ([]byte, error) {
+	if w, ok := k.buffered(bucket, key); ok {
+		if w.del {
+			return nil, fmt.Errorf("store: %s/%s: %w", bucket, key, database.ErrNotFound)
+		}
+		return append([]byte{}, w.value...), nil // never nil, as get
 	}
 	return get(k.ctx, k.tx, bucket, key)
 }
 
-func (k pgKV) Set(bucket, key, value []byte) error { return set(k.ctx, k.tx, bucket, key, value) }
-func (k pgKV) Del(bucket, key []byte) error        { return del(k.ctx, k.tx, bucket, key) }
+func (k *pgKV) Get(bucket, key []byte) ([]byte, error) { return k.read(bucket, key) }
+
+func (k *pgKV) GetForUpdate(bucket, key []byte) ([]byte, error) {
+	if _, err := k.tx.Exec(k.ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(string(bucket)+"\x00"+string(key))); err != nil {
+		return nil, fmt.Errorf("store: lock %s: %w", bucket, err)
+	}
+	return k.read(bucket, key)
+}
+
+func (k *pgKV) Set(bucket, key, value []byte) error {
+	k.buffer(bucket, key, pgWrite{value: bytes.Clone(value)})
+	return nil
+}
+
+func (k *pgKV) Del(bucket, key []byte) error {
+	k.buffer(bucket, key, pgWrite{del: true})
+	return nil
+}
+
+func (k *pgKV) buffer(bucket, key []byte, w pgWrite) {
+	if k.writes == nil {
+		k.writes = map[string]map[string]pgWrite{}
+	}
+	t := k.writes[string(bucket)]
+	if t == nil {
+		t = map[string]pgWrite{}
+		k.writes[string(bucket)] = t
+	}
+	t[string(key)] = w
+}
+
+// flush sends the buffered writes: per table, one upsert of every Set and
+// one delete of every Del. Tables and keys go in sorted order, so that two
+// transactions writing the same rows lock them in the same order.
+func (k *pgKV) flush() error {
+	for _, table := range slices.Sorted(maps.Keys(k.writes)) {
+		var setKeys, setVals, delKeys [][]byte
+		for _, key := range slices.Sorted(maps.Keys(k.writes[table])) {
+			w := k.writes[table][key]
+			if w.del {
+				delKeys = append(delKeys, []byte(key))
+			} else {
+				setKeys, setVals = append(setKeys, []byte(key)), append(setVals, w.value)
+			}
+		}
+		id := ident([]byte(table))
+		switch len(setKeys) {
+		case 0:
+		case 1:
+			if err := set(k.ctx, k.tx, []byte(table), setKeys[0], setVals[0]); err != nil {
+				return err
+			}
+		default:
+			if _, err := k.tx.Exec(k.ctx, "INSERT INTO "+id+" (nkey, nvalue) SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue", setKeys, setVals); err != nil {
+				return fmt.Errorf("store: write %s: %w", table, err)
+			}
+		}
+		switch len(delKeys) {
+		case 0:
+		case 1:
+			if err := del(k.ctx, k.tx, []byte(table), delKeys[0]); err != nil {
+				return err
+			}
+		default:
+			if _, err := k.tx.Exec(k.ctx, "DELETE FROM "+id+" WHERE nkey = ANY($1::bytea[])", delKeys); err != nil {
+				return fmt.Errorf("store: delete from %s: %w", table, err)
+			}
+		}
+	}
+	k.writes = nil
+	return nil
+}
 
 // IsNotFound reports whether a KV read found nothing.
 func IsNotFound(err error) bool { return errors.Is(err, database.ErrNotFound) }
