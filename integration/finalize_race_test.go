@@ -96,7 +96,7 @@ func (c *ca) startReplica(t *testing.T, name string) *ca {
 			t.Errorf("replica %s: %v", name, err)
 		}
 	})
-	return &ca{t: t, dir: c.dir, cfg: c.cfg, clock: c.clock, logs: c.logs, roots: c.roots, url: "https://" + ln.Addr().String(), srv: srv}
+	return &ca{t: t, dir: c.dir, cfg: c.cfg, clock: c.clock, logs: c.logs, roots: c.roots, url: "https://" + ln.Addr().String(), srv: srv, clients: c.clients}
 }
 
 // rebase moves an absolute URL onto another replica's base URL: smallstep

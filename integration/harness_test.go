@@ -61,6 +61,19 @@ type ca struct {
 	srv    *server.Server
 	cancel context.CancelFunc
 	done   chan error
+
+	// clients are the transports of httpClient; stop closes their idle
+	// connections, as a client that noticed the server's close would.
+	// Without it a request racing that close can meet EOF on a stale
+	// keep-alive connection, which net/http does not retry for a POST.
+	// A pointer: replicas copy the ca.
+	clients *transports
+}
+
+// transports are HTTP transports made for one test CA.
+type transports struct {
+	mu  sync.Mutex
+	all []*http.Transport
 }
 
 // newCA initialises a CA directory; mutate may adjust the configuration
@@ -91,7 +104,7 @@ func newCA(t *testing.T, mutate func(*config.Config)) *ca {
 		t.Fatal(err)
 	}
 	roots.AppendCertsFromPEM(pemBytes)
-	c := &ca{t: t, dir: dir, cfg: cfg, clock: &clock{}, logs: &syncBuffer{}, roots: roots}
+	c := &ca{t: t, dir: dir, cfg: cfg, clock: &clock{}, logs: &syncBuffer{}, roots: roots, clients: &transports{}}
 	return c
 }
 
@@ -139,15 +152,21 @@ func (c *ca) stop() {
 	if err := <-c.done; err != nil {
 		c.t.Errorf("serve: %v", err)
 	}
+	c.clients.mu.Lock()
+	defer c.clients.mu.Unlock()
+	for _, tr := range c.clients.all {
+		tr.CloseIdleConnections()
+	}
 }
 
 func (c *ca) directory(prov string) string { return c.url + "/acme/" + prov + "/directory" }
 
 func (c *ca) httpClient() *http.Client {
-	return &http.Client{
-		Timeout:   30 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.roots, MinVersion: tls.VersionTLS12}},
-	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.roots, MinVersion: tls.VersionTLS12}}
+	c.clients.mu.Lock()
+	c.clients.all = append(c.clients.all, tr)
+	c.clients.mu.Unlock()
+	return &http.Client{Timeout: 30 * time.Second, Transport: tr}
 }
 
 func (c *ca) token(worker string) provisioner.Token {
