@@ -345,10 +345,12 @@ func TestCrankAgentMetrics(t *testing.T) {
 		ariPoll  = "crank_agent_last_renewal_info_poll_timestamp_seconds"
 	)
 	var s scrape
-	waitFor("certificate expiry in /metrics", 30*time.Second, func() bool {
+	// The agent holds its certificate (and exports its expiry) a moment
+	// before it has written cert.pem: wait for both.
+	waitFor("certificate expiry in /metrics and cert.pem written", 30*time.Second, func() bool {
 		s = scrapeMetrics(t, addr)
 		_, ok := s.value(expiry)
-		return ok
+		return ok && notAfter() != 0
 	})
 	first, _ := s.value(expiry)
 	if want := notAfter(); first != want {
