@@ -49,12 +49,18 @@ type readinessChecker interface {
 	// LastFailure is the error of a probe finished within the TTL, or nil
 	// (store up, or not probed recently): it never probes.
 	LastFailure() error
+	// FailedSince reports whether the store's driver saw its connection
+	// fail or break at or after t, whatever a probe says now.
+	FailedSince(t time.Time) bool
 }
 
 // readinessConfig configures a readiness cache.
 type readinessConfig struct {
 	// Probe checks the store (stepca.CA.Ready).
 	Probe func(ctx context.Context) error
+	// FailedSince is the driver's own account of connection failures
+	// (stepca.CA.StoreFailedSince); nil means it has none.
+	FailedSince func(time.Time) bool
 	// Now is the clock of the TTL; nil means time.Now.
 	Now func() time.Time
 	// TTL and Wait default to readinessTTL and readinessWait.
@@ -68,11 +74,12 @@ type readinessConfig struct {
 // arriving while one runs wait for it (up to Wait) instead of starting
 // another, so a hung database costs one goroutine, not one per request.
 type readiness struct {
-	probe func(ctx context.Context) error
-	now   func() time.Time
-	ttl   time.Duration
-	wait  time.Duration
-	log   *slog.Logger
+	probe       func(ctx context.Context) error
+	failedSince func(time.Time) bool
+	now         func() time.Time
+	ttl         time.Duration
+	wait        time.Duration
+	log         *slog.Logger
 
 	mu       sync.Mutex
 	checked  bool
@@ -83,7 +90,7 @@ type readiness struct {
 }
 
 func newReadiness(cfg readinessConfig) *readiness {
-	r := &readiness{probe: cfg.Probe, now: cfg.Now, ttl: cfg.TTL, wait: cfg.Wait, log: cfg.Logger}
+	r := &readiness{probe: cfg.Probe, failedSince: cfg.FailedSince, now: cfg.Now, ttl: cfg.TTL, wait: cfg.Wait, log: cfg.Logger}
 	if r.now == nil {
 		r.now = time.Now
 	}
@@ -118,6 +125,8 @@ func (r *readiness) LastFailure() error {
 }
 
 func (r *readiness) Check(ctx context.Context) error { return r.check(ctx, true) }
+
+func (r *readiness) FailedSince(t time.Time) bool { return r.failedSince != nil && r.failedSince(t) }
 
 func (r *readiness) Recheck(ctx context.Context) error { return r.check(ctx, false) }
 
@@ -210,7 +219,7 @@ func degraded(ready readinessChecker, next http.Handler) http.Handler {
 			writeStoreUnavailable(w, r)
 			return
 		}
-		dw := &degradedWriter{ResponseWriter: w, r: r, ready: ready}
+		dw := &degradedWriter{ResponseWriter: w, r: r, ready: ready, start: time.Now()}
 		next.ServeHTTP(dw, r)
 	})
 }
@@ -221,6 +230,7 @@ type degradedWriter struct {
 	http.ResponseWriter
 	r       *http.Request
 	ready   readinessChecker
+	start   time.Time // when the request came in
 	decided bool
 	replace bool
 }
@@ -238,7 +248,9 @@ func (w *degradedWriter) WriteHeader(code int) {
 		return
 	}
 	w.decided = true
-	if code >= 500 && w.ready.Recheck(w.r.Context()) != nil {
+	// Two signals, either enough: the driver saw the connection fail
+	// while this request ran, or a probe started now fails.
+	if code >= 500 && (w.ready.FailedSince(w.start) || w.ready.Recheck(w.r.Context()) != nil) {
 		w.replace = true
 		writeStoreUnavailable(w.ResponseWriter, w.r)
 		return

@@ -19,8 +19,11 @@ import (
 type fakeReadiness struct {
 	err    error // what Check answers
 	last   error // what LastFailure answers
+	failed bool  // what FailedSince answers
 	checks atomic.Int32
 }
+
+func (f *fakeReadiness) FailedSince(time.Time) bool { return f.failed }
 
 func (f *fakeReadiness) Check(context.Context) error   { f.checks.Add(1); return f.err }
 func (f *fakeReadiness) Recheck(context.Context) error { f.checks.Add(1); return f.err }
@@ -60,6 +63,8 @@ func TestDegradedMiddleware(t *testing.T) {
 			ready: &fakeReadiness{err: errStoreDown}, wantStatus: 503, wantProblem: true, wantChecks: 1, wantInner: true},
 		{name: "500 while the store is up passes through", method: http.MethodPost, inner: inner(500, `{"detail":"bug"}`),
 			ready: &fakeReadiness{}, wantStatus: 500, wantBody: `{"detail":"bug"}`, wantChecks: 1, wantInner: true},
+		{name: "500 after the connection broke during the request becomes 503, though the store is back", method: http.MethodPost, inner: inner(500, "{}"),
+			ready: &fakeReadiness{failed: true}, wantStatus: 503, wantProblem: true, wantInner: true},
 		{name: "4xx passes through without a check", method: http.MethodPost, inner: inner(400, `{"type":"malformed"}`),
 			ready: &fakeReadiness{err: errStoreDown}, wantStatus: 400, wantBody: `{"type":"malformed"}`, wantInner: true},
 		{name: "2xx passes through without a check", method: http.MethodPost, inner: inner(201, `{"status":"ready"}`),

@@ -119,7 +119,7 @@ func New(ctx context.Context, d Deps) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, now: now, ca: ca, stepca: sca, certs: certs, tokenKey: key}
-	s.ready = newReadiness(readinessConfig{Probe: sca.Ready, Now: now, Logger: log})
+	s.ready = newReadiness(readinessConfig{Probe: sca.Ready, FailedSince: sca.StoreFailedSince, Now: now, Logger: log})
 	s.retainer = store.NewRetainer(store.RetainerConfig{
 		DB:     sca.NoSQL(),
 		Keep:   cfg.Retention.ExpiredCertificates.Duration,

@@ -43,3 +43,11 @@ func (c *CA) Ready(ctx context.Context) error {
 	}
 	return nil
 }
+
+// StoreFailedSince reports whether the store's connection failed or broke
+// at or after t (PostgreSQL; always false for bbolt). The degraded mode
+// uses it beside a fresh probe: a failover can finish between a request's
+// failure and the probe that would explain it.
+func (c *CA) StoreFailedSince(t time.Time) bool {
+	return c.data.failedSince != nil && c.data.failedSince(t)
+}

@@ -43,7 +43,7 @@ func observedStore(d *storeDB, observe func(string, time.Duration)) *storeDB {
 	if observe == nil {
 		return d
 	}
-	return &storeDB{DB: observed(d.DB, observe), ping: d.ping}
+	return &storeDB{DB: observed(d.DB, observe), ping: d.ping, failedSince: d.failedSince}
 }
 
 func (o *observedDB) since(op string, start time.Time) { o.observe(op, time.Since(start)) }

@@ -34,6 +34,9 @@ var authorityTables = []string{
 type storeDB struct {
 	nosql.DB
 	ping func(context.Context) error
+	// failedSince reports a connection failure at or after a time (nil:
+	// the driver cannot tell, as for bbolt, which has no connection).
+	failedSince func(time.Time) bool
 }
 
 // openDatabase opens crank-ca's own driver for bbolt and PostgreSQL (group
@@ -53,7 +56,7 @@ func openDatabase(ctx context.Context, st Storage) (*storeDB, error) {
 		if err != nil {
 			return nil, fmt.Errorf("stepca: %w", err)
 		}
-		d = &storeDB{DB: p, ping: p.Ping}
+		d = &storeDB{DB: p, ping: p.Ping, failedSince: p.FailedSince}
 	default:
 		db, err := nosql.New(st.Type, st.DataSource)
 		if err != nil {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -33,6 +35,9 @@ type Postgres struct {
 	opTimeout time.Duration
 	// batchers group-commit InsertNew per bucket and value.
 	batchers sync.Map
+	// lastFailure is when (Unix ns) a connection to PostgreSQL last
+	// failed or broke (connTracer); 0 if never.
+	lastFailure atomic.Int64
 }
 
 // PostgresConfig configures OpenPostgres.
@@ -88,6 +93,7 @@ func OpenPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 	if p.opTimeout <= 0 {
 		p.opTimeout = 15 * time.Second
 	}
+	pc.ConnConfig.Tracer = connTracer{p}
 	pool, err := connect(ctx, pc)
 	if err != nil {
 		return nil, err
@@ -418,4 +424,51 @@ func (p *Postgres) DeleteTable(bucket []byte) error {
 	defer cancel()
 	_, err := p.pool.Exec(ctx, "DROP TABLE "+ident(bucket))
 	return err
+}
+
+// FailedSince reports whether a connection to PostgreSQL failed or broke
+// at or after t: a request that started at t and failed then met the
+// outage, even if the database answers again by the time anyone asks (a
+// failover completing within milliseconds).
+func (p *Postgres) FailedSince(t time.Time) bool {
+	n := p.lastFailure.Load()
+	return n != 0 && n >= t.UnixNano()
+}
+
+// connTracer notes connection failures for FailedSince: a connection that
+// could not be made, and a statement after which its connection is closed
+// or whose error says the server is going away, in recovery or read-only
+// (a standby not yet promoted).
+type connTracer struct{ p *Postgres }
+
+func (t connTracer) TraceConnectStart(ctx context.Context, _ pgx.TraceConnectStartData) context.Context {
+	return ctx
+}
+
+func (t connTracer) TraceConnectEnd(_ context.Context, data pgx.TraceConnectEndData) {
+	if data.Err != nil {
+		t.p.lastFailure.Store(time.Now().UnixNano())
+	}
+}
+
+func (t connTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+
+func (t connTracer) TraceQueryEnd(_ context.Context, conn *pgx.Conn, data pgx.TraceQueryEndData) {
+	if data.Err != nil && (conn.IsClosed() || unavailableCode(data.Err)) {
+		t.p.lastFailure.Store(time.Now().UnixNano())
+	}
+}
+
+// unavailableCode reports SQLSTATEs of a server that cannot serve now:
+// class 08 (connection exception), 57P01-57P03 (shutdown, crash
+// recovery, cannot connect now) and 25006 (read-only transaction: a
+// standby).
+func unavailableCode(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57P0") || pe.Code == "25006"
 }

@@ -336,6 +336,34 @@ func TestPostgres(t *testing.T) {
 
 	// Two replicas (two pools) compare-and-swap one key from absent at
 	// once, 32 goroutines across both: one wins, every other sees its value.
+	// A connection the server ends is noted, so the degraded mode can
+	// answer 503 even when the database is back by the time it probes.
+	t.Run("connection failures are noted", func(t *testing.T) {
+		t.Parallel()
+		name := uniqueDB("failed")
+		db := pg.open(t, name)
+		before := time.Now()
+		if db.FailedSince(before) {
+			t.Fatal("FailedSince before any failure")
+		}
+		if _, err := pg.connect(t, name).Exec(t.Context(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name); err != nil {
+			t.Fatal(err)
+		}
+		// Every pooled connection is dead: reads fail until the pool
+		// has dropped them, each failure noted.
+		for range 20 {
+			if _, err := db.Get([]byte("crank_workers"), []byte("x")); err != nil && !IsNotFound(err) {
+				break
+			}
+		}
+		if !db.FailedSince(before) {
+			t.Error("a terminated connection was not noted")
+		}
+		if db.FailedSince(time.Now().Add(time.Hour)) {
+			t.Error("FailedSince a later time")
+		}
+	})
+
 	t.Run("transaction", func(t *testing.T) {
 		t.Parallel()
 		name := uniqueDB("txn")
