@@ -16,10 +16,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/go-acme/lego/v4/certificate"
-	"github.com/go-acme/lego/v4/lego"
-	"github.com/go-acme/lego/v4/registration"
 )
 
 // legoCLI returns the path of the lego command (the Debian package; .ci/run
@@ -356,31 +352,8 @@ func demoClaims(t *testing.T, b docBlock, cfgPath string, srv *cliServe) {
 	}
 	setWorkersClaims(t, cfgPath, srv, snippet.Claims)
 
-	bin := binary(t, "crank-ca")
-	tok, errOut, code := runCmd(t, bin, "token", "create", "--config", cfgPath, "--worker", "hello")
-	if code != 0 {
-		t.Fatalf("token create: exit %d: %s", code, errOut)
-	}
-	tok = strings.TrimSpace(tok)
-	i := strings.LastIndexByte(tok, '.')
-	u := &legoUser{key: newKey(t)}
-	lc := lego.NewConfig(u)
-	lc.CADirURL = srv.url + "/acme/workers/directory"
-	lc.HTTPClient = srv.client(nil)
-	cl, err := lego.NewClient(lc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if u.reg, err = cl.Registration.RegisterWithExternalAccountBinding(registration.RegisterEABOptions{TermsOfServiceAgreed: true, Kid: tok[:i], HmacEncoded: tok[i+1:]}); err != nil {
-		t.Fatalf("register: %v\n%s", err, srv.logs)
-	}
-	key := newKey(t)
 	issued := time.Now()
-	res, err := cl.Certificate.ObtainForCSR(certificate.ObtainForCSRRequest{CSR: csrFor(t, key, "", []string{"hello.workers.crank.internal"}, nil), PrivateKey: key})
-	if err != nil {
-		t.Fatalf("obtain after the reload: %v\n%s", err, srv.logs)
-	}
-	leaf := parseChain(t, res.Certificate)[0]
+	leaf, _, _ := docEnroll(t, srv, cfgPath, "hello") // docs_test.go
 	if left := leaf.NotAfter.Sub(issued); left < 4*time.Minute || left > 6*time.Minute {
 		t.Errorf("after the README's demo claims a certificate lasts %s from issuance, want 5m", left.Round(time.Second))
 	}
