@@ -370,6 +370,11 @@ func TestPostgres(t *testing.T) {
 		testPostgresTxn(t, pg.open(t, name), pg.open(t, name), pg.open(t, uniqueDB("txn")))
 	})
 
+	t.Run("transaction failures", func(t *testing.T) {
+		t.Parallel()
+		testPostgresTxnFailures(t, pg.open(t, uniqueDB("txnfail")))
+	})
+
 	t.Run("compare-and-swap across replicas", func(t *testing.T) {
 		t.Parallel()
 		name := uniqueDB("replicas")
@@ -672,5 +677,104 @@ func testPostgresTxn(t *testing.T, db, replica, other *Postgres) {
 	}
 	if v, err := db.Get(b, []byte("counter")); err != nil || string(v) != strconv.Itoa(n) {
 		t.Errorf("counter = %q, %v; want %d: an increment was lost", v, err, n)
+	}
+}
+
+// testPostgresTxnFailures attacks Txn's pipelining: a write refused at
+// commit, a read error the callback swallows, and a callback error after a
+// lock. Each leaves nothing written, releases its locks, and leaves no
+// connection in a transaction for the next caller (the loops run more
+// transactions than the pool has connections).
+func testPostgresTxnFailures(t *testing.T, db *Postgres) {
+	t.Helper()
+	ctx := t.Context()
+	a, b := []byte("crank_txnf_a"), []byte("crank_txnf_b")
+	for _, tbl := range [][]byte{a, b} {
+		if err := db.CreateTable(tbl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tooLong := []byte(strings.Repeat("k", 300)) // CHECK (octet_length(nkey) <= 255)
+	errAbort := errors.New("abort")
+	cases := []struct {
+		name string
+		fn   func(i int) func(KV) error
+		want func(error) bool
+	}{
+		{
+			name: "a write refused at commit",
+			fn: func(i int) func(KV) error {
+				return func(kv KV) error {
+					if _, err := kv.GetForUpdate(a, []byte("lock")); err != nil && !IsNotFound(err) {
+						return err
+					}
+					_ = kv.Set(a, []byte(fmt.Sprint("ok-", i)), []byte("v"))
+					return kv.Set(b, tooLong, []byte("v"))
+				}
+			},
+			want: func(err error) bool {
+				var pe *pgconn.PgError
+				return errors.As(err, &pe) && pe.Code == "23514"
+			},
+		},
+		{
+			name: "a read error swallowed by the callback",
+			fn: func(i int) func(KV) error {
+				return func(kv KV) error {
+					_, _ = kv.Get([]byte("crank_no_such_table"), []byte("k"))
+					return kv.Set(a, []byte(fmt.Sprint("swallowed-", i)), []byte("v"))
+				}
+			},
+			want: func(err error) bool { return errors.Is(err, pgx.ErrTxCommitRollback) },
+		},
+		{
+			name: "a callback error after a lock",
+			fn: func(i int) func(KV) error {
+				return func(kv KV) error {
+					if _, err := kv.GetForUpdate(a, []byte("lock")); err != nil && !IsNotFound(err) {
+						return err
+					}
+					_ = kv.Set(a, []byte(fmt.Sprint("aborted-", i)), []byte("v"))
+					return errAbort
+				}
+			},
+			want: func(err error) bool { return errors.Is(err, errAbort) },
+		},
+	}
+	for _, c := range cases {
+		for i := range 12 {
+			if err := db.Txn(ctx, c.fn(i)); !c.want(err) {
+				t.Fatalf("%s, round %d: Txn = %v", c.name, i, err)
+			}
+		}
+	}
+	rows, err := db.List(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 0 {
+		t.Errorf("%d rows of failed transactions were written, first %q", len(rows), rows[0].Key)
+	}
+	// The lock is free again, and every pooled connection is usable:
+	// a lost ROLLBACK would leave one in a failed transaction.
+	lockCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for i := range 12 {
+		err := db.Txn(lockCtx, func(kv KV) error {
+			if _, err := kv.GetForUpdate(a, []byte("lock")); err != nil && !IsNotFound(err) {
+				return err
+			}
+			return kv.Set(a, []byte(fmt.Sprint("after-", i)), []byte("v"))
+		})
+		if err != nil {
+			t.Fatalf("transaction %d after the failures: %v", i, err)
+		}
+	}
+	// A callback that does nothing costs nothing and fails nothing.
+	if err := db.Txn(ctx, func(KV) error { return nil }); err != nil {
+		t.Errorf("empty transaction: %v", err)
+	}
+	if rows, err := db.List(a); err != nil || len(rows) != 12 {
+		t.Errorf("after the failures: %d rows, %v; want 12", len(rows), err)
 	}
 }

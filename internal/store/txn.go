@@ -95,24 +95,52 @@ func (k boltKV) Del(bucket, key []byte) error {
 
 // Txn runs fn in one PostgreSQL transaction (read committed); GetForUpdate
 // takes a transaction-scoped advisory lock on the key, which also covers a
-// key that does not exist yet (a row lock would not). The transaction's
-// writes are buffered and sent when fn returns, one statement per table
-// (pgKV.flush): a request's records cost a few statements, not one each.
+// key that does not exist yet (a row lock would not).
+//
+// Each round trip to PostgreSQL costs a wake-up and a pair of system calls
+// at both ends, which on a CA sharing its cores with the database is a
+// large part of a request's CPU, so the transaction is pipelined:
+//   - BEGIN is sent with the first statement, and a transaction that reads
+//     nothing and writes nothing sends nothing;
+//   - GetForUpdate sends the lock and the read together (the read runs after
+//     the lock is granted, so it sees what the previous holder committed);
+//   - writes are buffered and sent at the end with COMMIT, one statement per
+//     table (pgKV.flush), all in one round trip.
+//
+// A transaction left open by an error (a statement that failed, a
+// connection that broke) is rolled back, and a connection whose state is
+// not known is closed rather than returned to the pool (pgxpool destroys a
+// connection released inside a transaction).
 func (p *Postgres) Txn(ctx context.Context, fn func(KV) error) error {
 	ctx, cancel := context.WithTimeout(ctx, p.opTimeout)
 	defer cancel()
-	return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
-		kv := &pgKV{ctx: ctx, tx: tx}
-		if err := fn(kv); err != nil {
-			return err
-		}
-		return kv.flush()
-	})
+	c, err := p.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("store: begin: %w", err)
+	}
+	defer c.Release()
+	kv := &pgKV{ctx: ctx, conn: c.Conn()}
+	err = fn(kv)
+	if err == nil {
+		err = kv.commit()
+	}
+	if err != nil && !kv.conn.IsClosed() && kv.conn.PgConn().TxStatus() != 'I' {
+		// Best effort: if ROLLBACK fails, the connection is not idle and
+		// Release closes it, which ends the transaction as well.
+		_, _ = kv.conn.Exec(ctx, "ROLLBACK")
+	}
+	return err
 }
 
 type pgKV struct {
-	ctx context.Context //nolint:containedctx // lives for one transaction callback
-	tx  pgx.Tx
+	ctx  context.Context //nolint:containedctx // lives for one transaction callback
+	conn *pgx.Conn
+	// begun is set while the server has the transaction open.
+	begun bool
+	// failed is the first statement error: PostgreSQL aborts the
+	// transaction at it, and so does commit, even if the callback
+	// swallowed it.
+	failed error
 	// writes are the transaction's Sets and Dels not yet sent, by table
 	// and key (the last one of a key wins); reads consult them first.
 	writes map[string]map[string]pgWrite
@@ -129,23 +157,98 @@ func (k *pgKV) buffered(bucket, key []byte) (pgWrite, bool) {
 	return w, ok
 }
 
-func (k *pgKV) read(bucket, key []byte) ([]byte, error) {
-	if w, ok := k.buffered(bucket, key); ok {
-		if w.del {
-			return nil, fmt.Errorf("store: %s/%s: %w", bucket, key, database.ErrNotFound)
-		}
-		return append([]byte{}, w.value...), nil // never nil, as get
+// batch starts a pipeline, opening the transaction if this is its first
+// statement.
+func (k *pgKV) batch() *pgx.Batch {
+	b := &pgx.Batch{}
+	if !k.begun {
+		b.Queue("BEGIN")
 	}
-	return get(k.ctx, k.tx, bucket, key)
+	return b
 }
 
-func (k *pgKV) Get(bucket, key []byte) ([]byte, error) { return k.read(bucket, key) }
+// send runs a pipeline; results reads its statements' results after
+// BEGIN's. Whether the transaction is open afterwards is asked of the
+// connection, not assumed: a pipeline can fail before BEGIN runs (a
+// statement PostgreSQL refuses to prepare), and writes sent later without
+// a BEGIN would commit one by one.
+func (k *pgKV) send(b *pgx.Batch, results func(pgx.BatchResults) error) error {
+	opening := !k.begun
+	br := k.conn.SendBatch(k.ctx, b)
+	var err error
+	if opening {
+		_, err = br.Exec()
+	}
+	if err == nil {
+		err = results(br)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	k.begun = !k.conn.IsClosed() && k.conn.PgConn().TxStatus() != 'I'
+	if err != nil && k.failed == nil {
+		k.failed = err
+	}
+	return err
+}
+
+// read returns the buffered write of a key, or reads it, with the lock of
+// lockID (non-zero) taken first in the same round trip.
+func (k *pgKV) read(bucket, key []byte, lockID int64) ([]byte, error) {
+	if w, ok := k.buffered(bucket, key); ok && lockID == 0 {
+		return bufferedValue(bucket, key, w)
+	}
+	b := k.batch()
+	if lockID != 0 {
+		b.Queue("SELECT pg_advisory_xact_lock($1)", lockID)
+	}
+	b.Queue("SELECT nvalue FROM "+ident(bucket)+" WHERE nkey = $1", key)
+	var v []byte
+	var found bool
+	err := k.send(b, func(br pgx.BatchResults) error {
+		if lockID != 0 {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("store: lock %s: %w", bucket, err)
+			}
+		}
+		err := br.QueryRow().Scan(&v)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return fmt.Errorf("store: read %s: %w", bucket, err)
+		default:
+			found = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The transaction's own write wins over what the read found (the lock
+	// was still needed: it is held until commit).
+	if w, ok := k.buffered(bucket, key); ok {
+		return bufferedValue(bucket, key, w)
+	}
+	if !found {
+		return nil, fmt.Errorf("store: %s/%s: %w", bucket, key, database.ErrNotFound)
+	}
+	if v == nil {
+		v = []byte{}
+	}
+	return v, nil
+}
+
+func bufferedValue(bucket, key []byte, w pgWrite) ([]byte, error) {
+	if w.del {
+		return nil, fmt.Errorf("store: %s/%s: %w", bucket, key, database.ErrNotFound)
+	}
+	return append([]byte{}, w.value...), nil // never nil, as get
+}
+
+func (k *pgKV) Get(bucket, key []byte) ([]byte, error) { return k.read(bucket, key, 0) }
 
 func (k *pgKV) GetForUpdate(bucket, key []byte) ([]byte, error) {
-	if _, err := k.tx.Exec(k.ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(string(bucket)+"\x00"+string(key))); err != nil {
-		return nil, fmt.Errorf("store: lock %s: %w", bucket, err)
-	}
-	return k.read(bucket, key)
+	return k.read(bucket, key, lockKey(string(bucket)+"\x00"+string(key)))
 }
 
 func (k *pgKV) Set(bucket, key, value []byte) error {
@@ -170,10 +273,20 @@ func (k *pgKV) buffer(bucket, key []byte, w pgWrite) {
 	t[string(key)] = w
 }
 
-// flush sends the buffered writes: per table, one upsert of every Set and
-// one delete of every Del. Tables and keys go in sorted order, so that two
-// transactions writing the same rows lock them in the same order.
-func (k *pgKV) flush() error {
+// commit sends the buffered writes and COMMIT in one pipeline: per table,
+// one upsert of every Set and one delete of every Del. Tables and keys go
+// in sorted order, so that two transactions writing the same rows lock
+// them in the same order. A transaction that wrote nothing and read
+// nothing has nothing to send.
+func (k *pgKV) commit() error {
+	if k.failed != nil {
+		return fmt.Errorf("store: commit: %w: an earlier statement failed: %w", pgx.ErrTxCommitRollback, k.failed)
+	}
+	if !k.begun && len(k.writes) == 0 {
+		return nil
+	}
+	b := k.batch()
+	var what []string // what each statement after BEGIN does, for errors
 	for _, table := range slices.Sorted(maps.Keys(k.writes)) {
 		var setKeys, setVals, delKeys [][]byte
 		for _, key := range slices.Sorted(maps.Keys(k.writes[table])) {
@@ -188,27 +301,44 @@ func (k *pgKV) flush() error {
 		switch len(setKeys) {
 		case 0:
 		case 1:
-			if err := set(k.ctx, k.tx, []byte(table), setKeys[0], setVals[0]); err != nil {
-				return err
-			}
+			b.Queue("INSERT INTO "+id+" (nkey, nvalue) VALUES ($1, $2) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue", setKeys[0], setVals[0])
+			what = append(what, "write "+table)
 		default:
-			if _, err := k.tx.Exec(k.ctx, "INSERT INTO "+id+" (nkey, nvalue) SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue", setKeys, setVals); err != nil {
-				return fmt.Errorf("store: write %s: %w", table, err)
-			}
+			b.Queue("INSERT INTO "+id+" (nkey, nvalue) SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue", setKeys, setVals)
+			what = append(what, "write "+table)
 		}
 		switch len(delKeys) {
 		case 0:
 		case 1:
-			if err := del(k.ctx, k.tx, []byte(table), delKeys[0]); err != nil {
-				return err
-			}
+			b.Queue("DELETE FROM "+id+" WHERE nkey = $1", delKeys[0])
+			what = append(what, "delete from "+table)
 		default:
-			if _, err := k.tx.Exec(k.ctx, "DELETE FROM "+id+" WHERE nkey = ANY($1::bytea[])", delKeys); err != nil {
-				return fmt.Errorf("store: delete from %s: %w", table, err)
-			}
+			b.Queue("DELETE FROM "+id+" WHERE nkey = ANY($1::bytea[])", delKeys)
+			what = append(what, "delete from "+table)
 		}
 	}
+	b.Queue("COMMIT")
+	what = append(what, "commit")
+	err := k.send(b, func(br pgx.BatchResults) error {
+		for _, w := range what {
+			tag, err := br.Exec()
+			if err != nil {
+				return fmt.Errorf("store: %s: %w", w, err)
+			}
+			// COMMIT of a transaction an earlier statement failed in
+			// answers ROLLBACK, not an error: the callback may have
+			// swallowed that statement's error, and nothing was written.
+			if w == "commit" && tag.String() == "ROLLBACK" {
+				return fmt.Errorf("store: commit: %w", pgx.ErrTxCommitRollback)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
 	k.writes = nil
+	k.begun = false
 	return nil
 }
 
