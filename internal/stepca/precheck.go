@@ -42,13 +42,13 @@ func (l *linker) precheck(ctx context.Context, r *http.Request, route string, sp
 	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '{' {
 		return acme.NewDetailedError(acme.ErrorMalformedType, "the request must be a JWS in the flattened JSON serialization")
 	}
-	jws, err := jose.ParseJWS(string(body))
-	if err != nil || len(jws.Signatures) != 1 {
-		return acme.NewDetailedError(acme.ErrorMalformedType, "the request must be a JWS with exactly one signature")
+	jws, err := parseFlatJWS(body)
+	if err != nil {
+		return acme.NewDetailedError(acme.ErrorMalformedType, "the request must be a JWS in the flattened JSON serialization with exactly one signature (RFC 8555 6.2): %v", err)
 	}
-	payload := jws.UnsafePayloadWithoutVerification()
-	if kid := jws.Signatures[0].Protected.KeyID; kid != "" {
-		stateFrom(ctx).signer = kid[strings.LastIndex(kid, "/")+1:]
+	payload := jws.payload
+	if jws.kid != "" {
+		stateFrom(ctx).signer = jws.kid[strings.LastIndex(jws.kid, "/")+1:]
 	}
 	client := limit.ClientKey(r.RemoteAddr)
 	switch {
@@ -66,10 +66,16 @@ func (l *linker) precheck(ctx context.Context, r *http.Request, route string, sp
 			}
 		}
 		if spec.usesTokens() && !onlyExisting {
-			return l.precheckEAB(ctx, spec, eab, jws.Signatures[0].Protected.JSONWebKey)
+			// The binding is checked against the account key, which only
+			// go-jose's full parse of the header yields.
+			full, err := jose.ParseJWS(string(body))
+			if err != nil || len(full.Signatures) != 1 {
+				return acme.NewDetailedError(acme.ErrorMalformedType, "the request must be a JWS with exactly one signature")
+			}
+			return l.precheckEAB(ctx, spec, eab, full.Signatures[0].Protected.JSONWebKey)
 		}
 	case strings.HasSuffix(route, "/account/{accID}"):
-		if err := checkKIDMatchesPath(jws, chi.URLParam(r, "accID")); err != nil {
+		if err := checkKIDMatchesPath(jws.kid, chi.URLParam(r, "accID")); err != nil {
 			return err
 		}
 		contacts, err := decodeAccountUpdate(payload)
@@ -170,8 +176,7 @@ func invalidContact(format string, args ...any) *acme.Error {
 // checkKIDMatchesPath refuses a request to /account/X signed as another
 // account: smallstep answers with the signer's account whatever X is.
 // The precheck has parsed the JWS and checked it has one signature.
-func checkKIDMatchesPath(jws *jose.JSONWebSignature, accID string) error {
-	kid := jws.Signatures[0].Protected.KeyID
+func checkKIDMatchesPath(kid, accID string) error {
 	if kid == "" {
 		return nil
 	}
