@@ -694,6 +694,13 @@ func testPostgresTxnFailures(t *testing.T, db *Postgres) {
 			t.Fatal(err)
 		}
 	}
+	// lockAndSet takes the shared row lock and writes a row of its own.
+	lockAndSet := func(kv KV, prefix string, i int) error {
+		if _, err := kv.GetForUpdate(a, []byte("lock")); err != nil && !IsNotFound(err) {
+			return err
+		}
+		return kv.Set(a, []byte(fmt.Sprint(prefix, i)), []byte("v"))
+	}
 	tooLong := []byte(strings.Repeat("k", 300)) // CHECK (octet_length(nkey) <= 255)
 	errAbort := errors.New("abort")
 	cases := []struct {
@@ -705,10 +712,9 @@ func testPostgresTxnFailures(t *testing.T, db *Postgres) {
 			name: "a write refused at commit",
 			fn: func(i int) func(KV) error {
 				return func(kv KV) error {
-					if _, err := kv.GetForUpdate(a, []byte("lock")); err != nil && !IsNotFound(err) {
+					if err := lockAndSet(kv, "ok-", i); err != nil {
 						return err
 					}
-					_ = kv.Set(a, []byte(fmt.Sprint("ok-", i)), []byte("v"))
 					return kv.Set(b, tooLong, []byte("v"))
 				}
 			},
@@ -731,10 +737,9 @@ func testPostgresTxnFailures(t *testing.T, db *Postgres) {
 			name: "a callback error after a lock",
 			fn: func(i int) func(KV) error {
 				return func(kv KV) error {
-					if _, err := kv.GetForUpdate(a, []byte("lock")); err != nil && !IsNotFound(err) {
+					if err := lockAndSet(kv, "aborted-", i); err != nil {
 						return err
 					}
-					_ = kv.Set(a, []byte(fmt.Sprint("aborted-", i)), []byte("v"))
 					return errAbort
 				}
 			},
@@ -760,12 +765,7 @@ func testPostgresTxnFailures(t *testing.T, db *Postgres) {
 	lockCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	for i := range 12 {
-		err := db.Txn(lockCtx, func(kv KV) error {
-			if _, err := kv.GetForUpdate(a, []byte("lock")); err != nil && !IsNotFound(err) {
-				return err
-			}
-			return kv.Set(a, []byte(fmt.Sprint("after-", i)), []byte("v"))
-		})
+		err := db.Txn(lockCtx, func(kv KV) error { return lockAndSet(kv, "after-", i) })
 		if err != nil {
 			t.Fatalf("transaction %d after the failures: %v", i, err)
 		}
