@@ -260,27 +260,45 @@ func logShape(line string) string {
 // matchLogsInOrder reports the first documented line that got lacks, in
 // order: a log line must have a line of the same shape (level, message,
 // field names in order), any other line a line that matches it as text
-// (normalized, "..." for anything).
+// (normalized, "..." for anything). Log lines and other lines are matched
+// in order each among their own kind, not against each other: they come
+// from different processes (crank-agent's log, its child's output) whose
+// writes interleave as the scheduler lets them.
 func matchLogsInOrder(want, got string) error {
-	gl := nonEmptyLines(got)
-	i := 0
+	var wantLogs, wantText, gotLogs, gotText []string
 	for _, w := range nonEmptyLines(want) {
-		ws := logShape(w)
-		var re *regexp.Regexp
-		if ws == "" {
-			re = lineMatcher(w)
+		if logShape(w) != "" {
+			wantLogs = append(wantLogs, w)
+		} else {
+			wantText = append(wantText, w)
 		}
-		for i < len(gl) {
-			if ws != "" && logShape(gl[i]) == ws || ws == "" && logShape(gl[i]) == "" && re.MatchString(normalize(gl[i])) {
-				break
-			}
+	}
+	for _, g := range nonEmptyLines(got) {
+		if logShape(g) != "" {
+			gotLogs = append(gotLogs, g)
+		} else {
+			gotText = append(gotText, g)
+		}
+	}
+	i := 0
+	for _, w := range wantLogs {
+		ws := logShape(w)
+		for i < len(gotLogs) && logShape(gotLogs[i]) != ws {
 			i++
 		}
-		if i == len(gl) {
-			if ws == "" {
-				return fmt.Errorf("documented line not in the output (in order): %q", w)
-			}
+		if i == len(gotLogs) {
 			return fmt.Errorf("no log line (in order) of the documented shape %s", ws)
+		}
+		i++
+	}
+	i = 0
+	for _, w := range wantText {
+		re := lineMatcher(w)
+		for i < len(gotText) && !re.MatchString(normalize(gotText[i])) {
+			i++
+		}
+		if i == len(gotText) {
+			return fmt.Errorf("documented line not in the output (in order): %q", w)
 		}
 		i++
 	}
@@ -320,6 +338,19 @@ func TestDocCheckHelpers(t *testing.T) {
 	real := `time=2026-12-01T04:42:47.117Z level=INFO msg="worker serving mTLS" worker=alpha addr=127.0.0.1:8443 serial=2`
 	if err := matchLogsInOrder(doc, real); err == nil {
 		t.Error("a documented message the log lacks matched")
+	}
+	// A child's output may land before or after the agent's log line
+	// about it; within each kind the order still counts.
+	doc = "level=INFO msg=\"child started\" pid=1\nchild: hello\nlevel=INFO msg=\"renewed\" serial=1\nchild: reloading\n"
+	for real, ok := range map[string]bool{
+		"child: hello\ntime=x level=INFO msg=\"child started\" pid=2\nlevel=INFO msg=\"renewed\" serial=2\nchild: reloading\n": true,
+		"level=INFO msg=\"child started\" pid=2\nchild: hello\nchild: reloading\nlevel=INFO msg=\"renewed\" serial=2\n":        true,
+		"level=INFO msg=\"renewed\" serial=2\nlevel=INFO msg=\"child started\" pid=2\nchild: hello\nchild: reloading\n":        false,
+		"level=INFO msg=\"child started\" pid=2\nchild: reloading\nchild: hello\nlevel=INFO msg=\"renewed\" serial=2\n":        false,
+	} {
+		if err := matchLogsInOrder(doc, real); (err == nil) != ok {
+			t.Errorf("matchLogsInOrder(%q) = %v, want ok %v", real, err, ok)
+		}
 	}
 	if got, want := logShape(`level=INFO msg="peer answered" message="hello \"x\", this" peerSerial=9`), `INFO "peer answered" message peerSerial`; got != want {
 		t.Errorf("logShape = %q, want %q", got, want)
