@@ -753,6 +753,24 @@ func testPostgresTxnFailures(t *testing.T, db *Postgres) {
 			}
 		}
 	}
+	// The request goes away (its context is cancelled) between the lock
+	// and the commit: pgx closes the connection, whose state is then
+	// unknown; the pool must drop it, and PostgreSQL ends the transaction
+	// with the session, lock included.
+	for i := range 12 {
+		cctx, cancel := context.WithCancel(ctx)
+		err := db.Txn(cctx, func(kv KV) error {
+			if err := lockAndSet(kv, "cancelled-", i); err != nil {
+				return err
+			}
+			cancel()
+			return nil
+		})
+		cancel()
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled before commit, round %d: Txn = %v", i, err)
+		}
+	}
 	rows, err := db.List(a)
 	if err != nil {
 		t.Fatal(err)
