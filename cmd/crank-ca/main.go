@@ -258,9 +258,9 @@ func cmdServe(args []string, stderr io.Writer) error {
 // serveGCPercent is serve's garbage collection target (GOGC) when the
 // environment sets none. A request allocates a lot that dies with it (JSON,
 // JWS, DER, the store's rows) around a live heap of a few tens of MB; at
-// Go's default of 100 the collector took about a tenth of the server's CPU
-// under load, at 400 it takes a quarter of that, for about 15 MB more
-// resident memory (docs/performance.md).
+// Go's default of 100 the collector took about 9% of the server's CPU under
+// load, at 400 about 2%, for 12-16 MB more resident memory
+// (docs/performance.md).
 const serveGCPercent = 400
 
 // tuneGC applies serveGCPercent unless GOGC is set (the runtime has then

@@ -261,8 +261,16 @@ func get(ctx context.Context, q querier, bucket, key []byte) ([]byte, error) {
 	return v, nil
 }
 
+// setSQL upserts one key ($1) and value ($2) of a table.
+func setSQL(bucket []byte) string {
+	return "INSERT INTO " + ident(bucket) + " (nkey, nvalue) VALUES ($1, $2) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue"
+}
+
+// delSQL deletes one key ($1) of a table.
+func delSQL(bucket []byte) string { return "DELETE FROM " + ident(bucket) + " WHERE nkey = $1" }
+
 func set(ctx context.Context, q querier, bucket, key, value []byte) error {
-	_, err := q.Exec(ctx, "INSERT INTO "+ident(bucket)+" (nkey, nvalue) VALUES ($1, $2) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue", key, value)
+	_, err := q.Exec(ctx, setSQL(bucket), key, value)
 	if err != nil {
 		return fmt.Errorf("store: write %s: %w", bucket, err)
 	}
@@ -270,7 +278,7 @@ func set(ctx context.Context, q querier, bucket, key, value []byte) error {
 }
 
 func del(ctx context.Context, q querier, bucket, key []byte) error {
-	if _, err := q.Exec(ctx, "DELETE FROM "+ident(bucket)+" WHERE nkey = $1", key); err != nil {
+	if _, err := q.Exec(ctx, delSQL(bucket), key); err != nil {
 		return fmt.Errorf("store: delete from %s: %w", bucket, err)
 	}
 	return nil

@@ -105,7 +105,7 @@ func (k boltKV) Del(bucket, key []byte) error {
 //   - GetForUpdate sends the lock and the read together (the read runs after
 //     the lock is granted, so it sees what the previous holder committed);
 //   - writes are buffered and sent at the end with COMMIT, one statement per
-//     table (pgKV.flush), all in one round trip.
+//     table (pgKV.commit), all in one round trip.
 //
 // A transaction left open by an error (a statement that failed, a
 // connection that broke) is rolled back, and a connection whose state is
@@ -301,7 +301,7 @@ func (k *pgKV) commit() error {
 		switch len(setKeys) {
 		case 0:
 		case 1:
-			b.Queue("INSERT INTO "+id+" (nkey, nvalue) VALUES ($1, $2) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue", setKeys[0], setVals[0])
+			b.Queue(setSQL([]byte(table)), setKeys[0], setVals[0])
 			what = append(what, "write "+table)
 		default:
 			b.Queue("INSERT INTO "+id+" (nkey, nvalue) SELECT * FROM unnest($1::bytea[], $2::bytea[]) ON CONFLICT (nkey) DO UPDATE SET nvalue = excluded.nvalue", setKeys, setVals)
@@ -310,7 +310,7 @@ func (k *pgKV) commit() error {
 		switch len(delKeys) {
 		case 0:
 		case 1:
-			b.Queue("DELETE FROM "+id+" WHERE nkey = $1", delKeys[0])
+			b.Queue(delSQL([]byte(table)), delKeys[0])
 			what = append(what, "delete from "+table)
 		default:
 			b.Queue("DELETE FROM "+id+" WHERE nkey = ANY($1::bytea[])", delKeys)
@@ -338,7 +338,6 @@ func (k *pgKV) commit() error {
 		return err
 	}
 	k.writes = nil
-	k.begun = false
 	return nil
 }
 
